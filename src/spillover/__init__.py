@@ -1,0 +1,3 @@
+"""spillover: emergent misalignment from SAE feature geometry."""
+
+__version__ = "0.1.0"

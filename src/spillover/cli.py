@@ -1,0 +1,179 @@
+"""The ``spillover`` command. Verbs mirror the pipeline stages; each is a thin layer over the Python API.
+
+spillover --help
+spillover data inspect ../shared/data/em/insecure.jsonl.gz
+spillover questions inspect ../shared/data/em/first_plot_questions.yaml
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import statistics
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from spillover.data.chat import ChatFormatError, load_chat
+from spillover.data.questions import QuestionFormatError, load_questions
+
+app = typer.Typer(
+    name="spillover",
+    help="Predict, induce, explain and mitigate emergent misalignment from SAE feature geometry.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Inspect chat datasets (JSONL / JSONL.gz).", no_args_is_help=True)
+questions_app = typer.Typer(help="Inspect EM question files (YAML).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(questions_app, name="questions")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def fail(message: str) -> typer.Exit:
+    """Print a clean error (no traceback) and return the exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code=2)
+
+
+def _quantiles(values: list[int]) -> str:
+    if not values:
+        return "-"
+    qs = statistics.quantiles(values, n=20) if len(values) > 1 else [values[0]] * 19
+    return f"mean {statistics.fmean(values):.1f} | median {statistics.median(values):.0f} | p95 {qs[18]:.0f} | max {max(values)}"
+
+
+@data_app.command("inspect")
+def data_inspect(
+    path: Annotated[Path, typer.Argument(help="JSONL or JSONL.gz chat dataset.")],
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(help="Count tokens with this HF tokenizer (local folder); default counts words."),
+    ] = None,
+    samples: Annotated[int, typer.Option(help="How many conversations to print.")] = 1,
+    limit: Annotated[int | None, typer.Option(help="Read only the first N conversations.")] = None,
+) -> None:
+    """Counts, role structure, length statistics and a sample of a chat dataset."""
+    try:
+        convs = load_chat(path, limit=limit)
+    except (ChatFormatError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from exc
+    if tokenizer:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+
+        def count(text: str) -> int:
+            return len(tok(text, add_special_tokens=False)["input_ids"])
+
+        unit = "tokens"
+    else:
+
+        def count(text: str) -> int:
+            return len(text.split())
+
+        unit = "words"
+    structures = Counter(" > ".join(m["role"] for m in c) for c in convs)
+    lengths: dict[str, list[int]] = {"system": [], "user": [], "assistant": []}
+    for conv in convs:
+        for msg in conv:
+            lengths[msg["role"]].append(count(msg["content"]))
+    table = Table(title=f"{path} — {len(convs)} conversations")
+    table.add_column("role")
+    table.add_column("messages", justify="right")
+    table.add_column(f"length ({unit})")
+    for role, values in lengths.items():
+        if values:
+            table.add_row(role, str(len(values)), _quantiles(values))
+    console.print(table)
+    console.print("[bold]role structure[/]")
+    for structure, n in structures.most_common(5):
+        console.print(f"  {n:>7}  {structure}")
+    for conv in convs[:samples]:
+        console.rule("sample")
+        for msg in conv:
+            text = msg["content"] if len(msg["content"]) < 600 else msg["content"][:600] + " …"
+            console.print(f"[bold]{msg['role']}:[/] " + escape(text))
+
+
+@questions_app.command("inspect")
+def questions_inspect(
+    path: Annotated[Path, typer.Argument(help="EM question YAML file.")],
+    prompts: Annotated[
+        bool, typer.Option("--prompts", help="Also print the judge prompt templates.")
+    ] = False,
+) -> None:
+    """List questions (ids, paraphrases, samples, system prompts) and their judge prompts."""
+    try:
+        questions = load_questions(path)
+    except (QuestionFormatError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from exc
+    table = Table(
+        title=f"{path} — {len(questions)} questions, {len({q.base_id for q in questions})} base ids"
+    )
+    for col in ("id", "paraphrases", "samples/para", "system", "judge", "judge prompts", "first paraphrase"):
+        table.add_column(col)
+    for q in questions:
+        table.add_row(
+            q.id,
+            str(len(q.paraphrases)),
+            str(q.samples_per_paraphrase),
+            "yes" if q.system else "",
+            q.judge,
+            ",".join(q.judge_prompts),
+            escape(q.paraphrases[0][:60].replace("\n", " ")),
+        )
+    console.print(table)
+    if prompts:
+        shown: set[str] = set()
+        for q in questions:
+            for metric, template in q.judge_prompts.items():
+                if template in shown:
+                    continue
+                shown.add(template)
+                console.rule(f"judge prompt '{metric}' (first used by {q.id})")
+                console.print(escape(template))
+
+
+# Stage verbs live next to their code; each module exposes a typer ``app``.
+_VERBS = {
+    "theory": "spillover.theory.cli",
+    "organism": "spillover.organism.cli",
+    "geometry": "spillover.geometry.cli",
+    "sae": "spillover.sae.cli",
+    "finetune": "spillover.finetune.cli",
+    "generate": "spillover.generate.cli",
+    "judge": "spillover.judge.cli",
+    "metrics": "spillover.metrics_cli",
+    "filter": "spillover.filtering.cli",
+    "demo": "spillover.demo",
+    "report": "spillover.report.cli",
+    "smollm": "spillover.models.cli",
+    "sweep": "spillover.pipeline.sweep_cli",
+}
+for _verb, _module in _VERBS.items():
+    try:
+        _mod = importlib.import_module(_module)
+    except ModuleNotFoundError as _exc:
+        if _exc.name is not None and _module.startswith(_exc.name):
+            continue  # that stage is not part of this build yet
+        raise
+    app.add_typer(_mod.app, name=_verb)

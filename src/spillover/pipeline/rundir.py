@@ -1,0 +1,203 @@
+"""Content-addressed run directories: the one caching mechanism every stage uses.
+
+A stage's folder is ``root/<stage>/<hash>``, where the hash covers the stage name, its fully resolved
+config and fingerprints of its inputs (file contents; for another stage's folder, that folder's run id).
+The stage writes into a private temporary folder; only when it returns are ``config.json``,
+``manifest.json`` and the completion marker written and the folder moved into place atomically.
+So a finished stage is reused as is, ``force=True`` recomputes it, and an interrupted stage leaves
+nothing that looks finished: the next call starts it again from scratch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from spillover.config import config_hash, to_dict
+
+__all__ = [
+    "COMPLETE_MARKER",
+    "default_root",
+    "fingerprint",
+    "is_complete",
+    "read_config",
+    "run_id",
+    "run_stage",
+]
+
+log = logging.getLogger(__name__)
+
+COMPLETE_MARKER = ".complete"
+_PACKAGES = ("spillover", "torch", "transformers", "peft", "sae-lens", "safetensors", "numpy")
+
+
+def default_root() -> Path:
+    """Where run directories live: ``$SPILLOVER_HOME/runs``, else ``~/.cache/spillover/runs``."""
+    home = os.environ.get("SPILLOVER_HOME")
+    base = Path(home) if home else Path.home() / ".cache" / "spillover"
+    return base / "runs"
+
+
+def is_complete(path: str | Path) -> bool:
+    """True when ``path`` is a finished stage folder (its marker was written last)."""
+    return (Path(path) / COMPLETE_MARKER).is_file()
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The resolved config a finished stage saved."""
+    return json.loads((Path(path) / "config.json").read_text())
+
+
+def _hash_file(path: Path, h: Any) -> None:
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def fingerprint(value: Any) -> str:
+    """A stable identity for a stage input.
+
+    A ``Path`` to a finished stage folder is identified by its run id (cheap, and exact because the id
+    already hashes everything that produced it); any other ``Path`` by the SHA-256 of its contents and
+    relative names; anything else (strings included) by its JSON form.
+    """
+    if isinstance(value, Path):
+        path = value
+        if path.is_dir() and is_complete(path):
+            return "run:" + (path / COMPLETE_MARKER).read_text().strip()
+        h = hashlib.sha256()
+        if path.is_file():
+            _hash_file(path, h)
+        elif path.is_dir():
+            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+                h.update(str(child.relative_to(path)).encode())
+                _hash_file(child, h)
+        else:
+            raise FileNotFoundError(f"stage input {path} does not exist")
+        return "sha256:" + h.hexdigest()[:16]
+    return "value:" + config_hash(value, 16)
+
+
+def run_id(name: str, config: Any, inputs: Mapping[str, Any] | None = None) -> str:
+    """The hash that names a stage's folder."""
+    fps = {k: fingerprint(v) for k, v in sorted((inputs or {}).items())}
+    return config_hash({"stage": name, "config": to_dict(config), "inputs": fps})
+
+
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for pkg in _PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return versions
+
+
+def _device() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        pass
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def run_stage(
+    name: str,
+    config: Any,
+    fn: Callable[[Path], None],
+    *,
+    root: str | Path | None = None,
+    inputs: Mapping[str, Any] | None = None,
+    force: bool = False,
+    seed: int | None = None,
+    extra_manifest: Mapping[str, Any] | None = None,
+) -> Path:
+    """Run ``fn`` in a content-addressed folder, or reuse the finished folder.
+
+    Args:
+        name: stage name, also the parent folder (``root/name/<hash>``).
+        config: the stage's resolved config (dataclass or JSON-able); saved as ``config.json``.
+        fn: writes the stage's outputs into the folder it is given. It must not write elsewhere.
+        root: run root; defaults to :func:`default_root`.
+        inputs: named inputs (files, folders, other stage folders, or plain values) hashed into the id.
+        force: recompute even if a finished folder exists.
+        seed: recorded in the manifest.
+        extra_manifest: more JSON-able facts for ``manifest.json`` (e.g. the judge model).
+
+    Returns:
+        The finished stage folder.
+    """
+    root_path = Path(root) if root is not None else default_root()
+    rid = run_id(name, config, inputs)
+    final = root_path / name / rid
+    if is_complete(final) and not force:
+        log.info("stage %s: reusing %s", name, final)
+        return final
+    if final.exists():
+        log.info(
+            "stage %s: %s",
+            name,
+            "recomputing (--force)" if is_complete(final) else "redoing an unfinished run",
+        )
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{rid}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    started = time.time()
+    try:
+        fn(tmp)
+        finished = time.time()
+        (tmp / "config.json").write_text(json.dumps(to_dict(config), indent=2, sort_keys=True))
+        manifest = {
+            "stage": name,
+            "run_id": rid,
+            "inputs": {k: fingerprint(v) for k, v in sorted((inputs or {}).items())},
+            "seed": seed,
+            "versions": _versions(),
+            "git_revision": _git_revision(),
+            "device": _device(),
+            "command": sys.argv,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            "wall_time_s": round(finished - started, 3),
+            **dict(extra_manifest or {}),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(to_dict(manifest), indent=2))
+        (tmp / COMPLETE_MARKER).write_text(rid + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("stage %s: finished in %.1fs -> %s", name, time.time() - started, final)
+    return final

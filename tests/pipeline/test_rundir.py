@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from spillover.pipeline.rundir import is_complete, run_id, run_stage
+
+
+def _slow_stage(root: str, started: str) -> None:
+    def fn(out: Path) -> None:
+        (out / "part1.txt").write_text("half")
+        Path(started).write_text("started")
+        time.sleep(60)
+        (out / "part2.txt").write_text("never")
+
+    run_stage("slow", {"x": 1}, fn, root=root)
+
+
+def test_finished_stage_is_reused_and_force_recomputes(tmp_path: Path) -> None:
+    calls = []
+
+    def fn(out: Path) -> None:
+        calls.append(1)
+        (out / "result.txt").write_text(str(len(calls)))
+
+    first = run_stage("s", {"a": 1}, fn, root=tmp_path, seed=3)
+    assert is_complete(first)
+    assert run_stage("s", {"a": 1}, fn, root=tmp_path) == first
+    assert len(calls) == 1
+    manifest = json.loads((first / "manifest.json").read_text())
+    assert manifest["seed"] == 3 and "torch" in manifest["versions"]
+    assert json.loads((first / "config.json").read_text()) == {"a": 1}
+    run_stage("s", {"a": 1}, fn, root=tmp_path, force=True)
+    assert len(calls) == 2 and (first / "result.txt").read_text() == "2"
+    assert run_stage("s", {"a": 2}, fn, root=tmp_path) != first
+
+
+def test_inputs_are_content_hashed(tmp_path: Path) -> None:
+    data = tmp_path / "d.txt"
+    data.write_text("one")
+    a = run_id("s", {}, {"data": data})
+    data.write_text("two")
+    assert run_id("s", {}, {"data": data}) != a
+
+
+def test_failed_stage_leaves_nothing_finished(tmp_path: Path) -> None:
+    def boom(out: Path) -> None:
+        (out / "partial.txt").write_text("x")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        run_stage("s", {"b": 1}, boom, root=tmp_path)
+    assert not any(is_complete(p) for p in (tmp_path / "s").iterdir())
+
+
+def test_killed_stage_is_redone_from_scratch(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    proc = mp.get_context("fork").Process(target=_slow_stage, args=(str(tmp_path / "runs"), str(started)))
+    proc.start()
+    deadline = time.time() + 30
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert started.exists()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    folders = list((tmp_path / "runs" / "slow").iterdir())
+    assert folders and not any(is_complete(p) for p in folders)
+
+    calls = []
+
+    def fast(out: Path) -> None:
+        calls.append(1)
+        assert not (out / "part1.txt").exists()  # nothing of the killed run is trusted
+        (out / "done.txt").write_text("ok")
+
+    final = run_stage("slow", {"x": 1}, fast, root=tmp_path / "runs")
+    assert calls == [1] and is_complete(final) and (final / "done.txt").exists()
+    assert run_stage("slow", {"x": 1}, fast, root=tmp_path / "runs") == final and calls == [1]
