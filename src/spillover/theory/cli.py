@@ -1,0 +1,78 @@
+"""``spillover theory``: measure the spillover derivation in a toy model of superposition.
+
+spillover theory --quick --out /tmp/theory       # < 1 minute on 2 cores
+spillover theory --out runs/theory --set seeds=[0,1,2] --set toy.p_active=0.02
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    help="Measure the spillover derivation (Δf_j ∝ cos(d_j, d_t)) in a toy model of superposition.",
+    invoke_without_command=True,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
+
+
+@app.callback(invoke_without_command=True)
+def run(
+    ctx: typer.Context,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="3 seeds, small sweep: under a minute on 2 cores.")
+    ] = False,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for theory.json, theory.png, config.json.")
+    ] = Path("spillover-theory"),
+    config: Annotated[Path | None, typer.Option("--config", help="YAML with TheoryConfig fields.")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Dotted override, e.g. toy.p_active=0.02 (repeatable).")
+    ] = None,
+) -> None:
+    """Train toys, fine-tune them narrowly, and compare measured spillover with cos(d_j, d_t)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import torch
+
+    from spillover.config import ConfigError, load_config, to_dict
+    from spillover.theory.report import plot_theory
+    from spillover.theory.run import TheoryConfig, run_theory
+
+    torch.set_num_threads(1)
+    base = to_dict(TheoryConfig.quick() if quick else TheoryConfig())
+    if config is not None:
+        import yaml
+
+        base = _merge(base, yaml.safe_load(config.read_text(encoding="utf-8")) or {})
+    try:
+        cfg = load_config(TheoryConfig, base, overrides or [])
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    results = run_theory(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n", encoding="utf-8")
+    (out / "theory.json").write_text(json.dumps(to_dict(results), indent=1) + "\n", encoding="utf-8")
+    png = plot_theory(results, out / "theory.png")
+    typer.echo(
+        f"pearson r {results['pearson_r']:.3f} | spearman {results['spearman_r']:.3f} | "
+        f"first-order slope {results['analytic_slope']:.3f} | "
+        f"orthogonal control {results['control_orthogonal_ratio']:.1f}x smaller | "
+        f"random-direction r {results['control_random_direction_r']:.3f}"
+    )
+    typer.echo(f"wrote {out / 'theory.json'} and {png}")
