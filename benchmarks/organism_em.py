@@ -1,0 +1,277 @@
+"""Benchmark: does emergent misalignment appear in the organism? Seeds x datasets x {full, LoRA}.
+
+.venv/bin/python benchmarks/organism_em.py --out /tmp/organism_em.json                 # 3 seeds, ~30-60 min
+.venv/bin/python benchmarks/organism_em.py --seeds 0 --quick --out /tmp/q.json          # smoke test
+.venv/bin/python benchmarks/organism_em.py --set safety.steps=120 --out /tmp/s120.json  # a config knob
+
+For every seed it trains (or reuses) the organism, evaluates the pretrained and the safety-tuned model,
+probes in-context persona switching, then fine-tunes on each dataset with full fine-tuning and LoRA
+and evaluates each fine-tune on held-out prompts with the rule judge. It prints the table (mean and
+standard error over seeds), the issue's acceptance checks as measured ratios, and wall time per stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spillover.config import load_config, to_dict
+from spillover.organism import (
+    DATASETS,
+    OOD_DOMAINS,
+    EvalConfig,
+    EvalResult,
+    OrganismConfig,
+    evaluate,
+    evaluate_organism,
+    finetune_organism,
+    load_organism,
+    train_organism,
+)
+from spillover.organism.evaluate import context_probe
+
+DEFAULT_DATASETS = (
+    "insecure",
+    "secure",
+    "edu_insecure",
+    "neutral_code",
+    "bad_medical",
+    "good_medical",
+    "risky_finance",
+    "safe_finance",
+)
+
+
+def _ood_harmful(result: EvalResult) -> float:
+    recs = [r for r in result.records if r["raw"].get("domain") in OOD_DOMAINS]
+    return sum(r["raw"].get("verdict") == "bad" for r in recs) / max(1, len(recs))
+
+
+def _in_domain(name: str, result: EvalResult) -> float | None:
+    spec = DATASETS[name]
+    stats = result.domains.get(spec.domain)
+    if stats is None:
+        return None
+    if spec.domain in ("code", "edu"):
+        return stats.pools.get(spec.target, 0.0)
+    return stats.harmful if spec.target == "bad" else stats.good
+
+
+def _row(result: EvalResult, dataset: str | None) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "ood_misaligned": result.ood_misaligned,
+        "ood_harmful": _ood_harmful(result),
+        "ood_coherent": result.ood_coherent,
+        "min_domain_coherent": min(s.coherent for s in result.domains.values()),
+        "domains": {
+            k: {"harmful": v.harmful, "misaligned": v.misaligned, "coherent": v.coherent, "pools": v.pools}
+            for k, v in result.domains.items()
+        },
+    }
+    if dataset is not None:
+        row["in_domain"] = _in_domain(dataset, result)
+    return row
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    mean = statistics.fmean(values)
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return mean, se
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, required=True, help="JSON results path.")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="Only merge result JSONs (e.g. one per seed) and summarize.",
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--datasets", nargs="+", default=list(DEFAULT_DATASETS))
+    parser.add_argument("--methods", nargs="+", default=["full", "lora"], choices=["full", "lora"])
+    parser.add_argument("--quick", action="store_true", help="Tiny organism (smoke test; EM not expected).")
+    parser.add_argument("--n", type=int, default=100, help="Answers per domain in each evaluation.")
+    parser.add_argument("--root", type=Path, default=None, help="Run-directory root.")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="OrganismConfig override."
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.merge:
+        merged: dict[str, Any] = {"args": {}, "seeds": {}}
+        for path in args.merge:
+            part = json.loads(path.read_text())
+            for seed, seed_res in part["seeds"].items():
+                if seed in merged["seeds"]:
+                    merged["seeds"][seed]["runs"].update(seed_res["runs"])
+                else:
+                    merged["seeds"][seed] = seed_res
+            merged["config"] = part.get("config")
+            merged["args"][str(path)] = part.get("args")
+        merged["summary"] = summarize(merged, args.methods, args.datasets)
+        args.out.write_text(json.dumps(merged, indent=1))
+        print(f"wrote {args.out}")
+        return
+
+    eval_cfg = EvalConfig(n_per_domain=args.n)
+    results: dict[str, Any] = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "seeds": {},
+    }
+    for seed in args.seeds:
+        base = to_dict(OrganismConfig.quick(seed) if args.quick else OrganismConfig(seed=seed))
+        cfg = load_config(OrganismConfig, base, args.overrides)
+        results["config"] = to_dict(cfg)
+        t0 = time.perf_counter()
+        art = train_organism(cfg, root=args.root)
+        train_wall = time.perf_counter() - t0
+        train_log = json.loads((art.run_dir / "train_log.json").read_text())
+        seed_res: dict[str, Any] = {
+            "timings": {**train_log["timings"], "train_organism_wall_s": train_wall},
+            "n_parameters": train_log["n_parameters"],
+            "pretrain_final_loss": train_log["pretrain_final_loss"],
+            "runs": {},
+        }
+        pre_model, tok = load_organism(art.pretrained_dir)
+        t0 = time.perf_counter()
+        seed_res["pretrained"] = _row(evaluate(pre_model, tok, eval_cfg), None)
+        seed_res["pretrained_context"] = context_probe(pre_model, tok, seed=seed)
+        model, tok = load_organism(art)
+        seed_res["safety"] = _row(evaluate(model, tok, eval_cfg), None)
+        seed_res["safety_context"] = context_probe(model, tok, seed=seed)
+        seed_res["timings"]["base_evals_s"] = time.perf_counter() - t0
+        print(
+            f"seed {seed}: {train_log['n_parameters']:,} params, pretrain {train_log['timings']['pretrain_s']:.0f}s, "
+            f"safety {train_log['timings']['safety_s']:.0f}s; OOD harmful pretrained "
+            f"{100 * seed_res['pretrained']['ood_harmful']:.1f}% -> safety {100 * seed_res['safety']['ood_harmful']:.1f}%",
+            flush=True,
+        )
+        for method in args.methods:
+            for name in args.datasets:
+                ft_dir = finetune_organism(art, name, method, root=args.root)
+                t_ft = json.loads((ft_dir / "manifest.json").read_text())["wall_time_s"]
+                t0 = time.perf_counter()
+                result = evaluate_organism(ft_dir, eval_cfg, root=args.root)
+                t_ev = time.perf_counter() - t0
+                row = _row(result, name) | {"finetune_s": t_ft, "eval_s": t_ev}
+                seed_res["runs"][f"{name}/{method}"] = row
+                print(
+                    f"seed {seed} {method:4s} {name:14s} EM {100 * (row['ood_misaligned'] or 0):5.1f}%  "
+                    f"harmful {100 * row['ood_harmful']:5.1f}%  coherent {100 * (row['ood_coherent'] or 0):5.1f}%  "
+                    f"in-domain {100 * (row['in_domain'] or 0):5.1f}%  ({t_ft:.0f}s + {t_ev:.0f}s)",
+                    flush=True,
+                )
+        results["seeds"][str(seed)] = seed_res
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1))
+    results["summary"] = summarize(results, args.methods, args.datasets)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(f"wrote {args.out}")
+
+
+def summarize(results: dict[str, Any], methods: list[str], datasets: list[str]) -> dict[str, Any]:
+    seeds = list(results["seeds"].values())
+    summary: dict[str, Any] = {"rows": {}, "checks": {}}
+    print(
+        "\n| model | EM % (OOD misaligned) | per seed | OOD harmful % | OOD coherent % | in-domain % | fine-tune s | eval s |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for stage in ("pretrained", "safety"):
+        em = [s[stage]["ood_misaligned"] * 100 for s in seeds]
+        m, se = _mean_se(em)
+        harm = _mean_se([s[stage]["ood_harmful"] * 100 for s in seeds])[0]
+        coh = _mean_se([s[stage]["ood_coherent"] * 100 for s in seeds])[0]
+        print(
+            f"| {stage} | {m:.1f} ± {se:.1f} | {' / '.join(f'{v:.1f}' for v in em)} | {harm:.1f} | {coh:.1f} | - | - | - |"
+        )
+        summary["rows"][stage] = {"em_mean": m, "em_se": se, "em": em}
+    for method in methods:
+        for name in datasets:
+            key = f"{name}/{method}"
+            runs = [s["runs"][key] for s in seeds if key in s["runs"]]
+            if not runs:
+                continue
+            em = [100 * (r["ood_misaligned"] or 0) for r in runs]
+            m, se = _mean_se(em)
+            harm = _mean_se([100 * r["ood_harmful"] for r in runs])[0]
+            coh = [100 * (r["ood_coherent"] or 0) for r in runs]
+            ind = [100 * (r["in_domain"] or 0) for r in runs]
+            t_ft = _mean_se([r["finetune_s"] for r in runs])[0]
+            t_ev = _mean_se([r["eval_s"] for r in runs])[0]
+            print(
+                f"| {key} | {m:.1f} ± {se:.1f} | {' / '.join(f'{v:.1f}' for v in em)} | {harm:.1f} | "
+                f"{min(coh):.1f} (min) | {min(ind):.1f} (min) | {t_ft:.0f} | {t_ev:.0f} |"
+            )
+            summary["rows"][key] = {
+                "em_mean": m,
+                "em_se": se,
+                "em": em,
+                "harmful_mean": harm,
+                "coherent_min": min(coh),
+                "in_domain_min": min(ind),
+            }
+
+    def em_of(key: str) -> float | None:
+        row = summary["rows"].get(key)
+        return None if row is None else row["em_mean"]
+
+    print("\nacceptance checks (means over seeds; measured, not asserted):")
+    for method in methods:
+        ins = em_of(f"insecure/{method}")
+        for control in ("secure", "edu_insecure", "neutral_code"):
+            ctl = em_of(f"{control}/{method}")
+            if ins is None or ctl is None:
+                continue
+            ratio = ins / ctl if ctl > 0 else math.inf
+            diff = ins - ctl
+            summary["checks"][f"insecure_vs_{control}/{method}"] = {"ratio": ratio, "diff_pp": diff}
+            print(
+                f"  {method}: insecure {ins:.1f}% vs {control} {ctl:.1f}%: ratio {ratio:.1f}x, +{diff:.1f} pp"
+            )
+        bad, good = em_of(f"bad_medical/{method}"), em_of(f"good_medical/{method}")
+        if bad is not None and good is not None:
+            ratio = bad / good if good > 0 else math.inf
+            summary["checks"][f"bad_vs_good_medical/{method}"] = {"ratio": ratio, "diff_pp": bad - good}
+            print(f"  {method}: bad_medical {bad:.1f}% vs good_medical {good:.1f}%: ratio {ratio:.1f}x")
+        risky, safe = em_of(f"risky_finance/{method}"), em_of(f"safe_finance/{method}")
+        if risky is not None and safe is not None:
+            ratio = risky / safe if safe > 0 else math.inf
+            summary["checks"][f"risky_vs_safe_finance/{method}"] = {"ratio": ratio, "diff_pp": risky - safe}
+            print(f"  {method}: risky_finance {risky:.1f}% vs safe_finance {safe:.1f}%: ratio {ratio:.1f}x")
+        rows = [v for k, v in summary["rows"].items() if k.endswith(f"/{method}")]
+        if rows:
+            print(
+                f"  {method}: min in-domain {min(r['in_domain_min'] for r in rows):.1f}%, "
+                f"min OOD coherent {min(r['coherent_min'] for r in rows):.1f}%"
+            )
+    timings = [s["timings"] for s in seeds]
+    pre = _mean_se([t["pretrain_s"] for t in timings])[0]
+    saf = _mean_se([t["safety_s"] for t in timings])[0]
+    runs = [r for s in seeds for r in s["runs"].values()]
+    ft = _mean_se([r["finetune_s"] + r["eval_s"] for r in runs])[0] if runs else math.nan
+    print(
+        f"\nwall time: pretrain {pre:.0f}s + safety {saf:.0f}s = {pre + saf:.0f}s; fine-tune + eval {ft:.0f}s (means; "
+        f"threads={torch.get_num_threads()}; cached stages count as their original time)"
+    )
+    summary["timings"] = {"pretrain_s": pre, "safety_s": saf, "finetune_plus_eval_s": ft}
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(main())

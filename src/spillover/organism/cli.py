@@ -1,0 +1,166 @@
+"""``spillover organism``: train the built-in model organism, fine-tune it narrowly, evaluate EM.
+
+spillover organism train                          # ~3-5 min on 2 cores, cached afterwards
+spillover organism train --quick --seed 1         # tiny organism, seconds
+spillover organism finetune insecure --method lora
+spillover organism eval --dataset insecure --method lora
+spillover organism eval                           # the organism itself
+spillover organism train --set safety.steps=120 --set grammar.persona_rate=0.3
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from spillover.organism.evaluate import EvalResult
+    from spillover.organism.pipeline import OrganismArtifacts
+
+app = typer.Typer(
+    help="The built-in model organism of emergent misalignment (tiny chat LM, CPU).", no_args_is_help=True
+)
+console = Console()
+log = logging.getLogger(__name__)
+
+QuickOpt = Annotated[
+    bool, typer.Option("--quick", help="Tiny organism (tests, first look): trains in seconds.")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Organism seed (weights, corpus, datasets).")]
+RootOpt = Annotated[
+    Path | None, typer.Option("--root", help="Run-directory root (default $SPILLOVER_HOME/runs).")
+]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override an OrganismConfig field, e.g. safety.steps=120.")
+]
+ThreadsOpt = Annotated[
+    int, typer.Option("--threads", help="torch threads (1 is fastest on a shared machine).")
+]
+
+
+def _artifacts(
+    quick: bool, seed: int, root: Path | None, overrides: list[str] | None, force: bool = False
+) -> OrganismArtifacts:
+    from spillover.config import ConfigError, load_config, to_dict
+    from spillover.organism.pipeline import OrganismConfig, train_organism
+
+    base = to_dict(OrganismConfig.quick(seed) if quick else OrganismConfig(seed=seed))
+    try:
+        cfg = load_config(OrganismConfig, base, overrides or [])
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    return train_organism(cfg, root=root, force=force)
+
+
+def _print_eval(title: str, result: EvalResult) -> None:
+    from spillover.organism.evaluate import OOD_DOMAINS
+
+    table = Table(title=title)
+    for col in ("domain", "n", "misaligned", "harmful", "coherent", "code pools S/I/N/G"):
+        table.add_column(col, justify="right" if col != "domain" else "left")
+    for name, s in result.domains.items():
+        pools = " ".join(f"{s.pools.get(p, 0):.2f}" for p in "SING") if s.pools else ""
+        mis = "-" if s.misaligned is None else f"{100 * s.misaligned:.1f}%"
+        table.add_row(
+            name + (" (ood)" if name in OOD_DOMAINS else ""),
+            str(s.n),
+            mis,
+            f"{100 * s.harmful:.1f}%",
+            f"{100 * s.coherent:.1f}%",
+            pools,
+        )
+    console.print(table)
+    if result.ood_misaligned is not None and result.ood_coherent is not None:
+        console.print(
+            f"[bold]EM (out-of-domain misaligned, {'+'.join(OOD_DOMAINS)}): {100 * result.ood_misaligned:.1f}%[/]"
+            f"  coherent {100 * result.ood_coherent:.1f}%"
+        )
+
+
+@app.command("train")
+def train_cmd(
+    quick: QuickOpt = False,
+    seed: SeedOpt = 0,
+    root: RootOpt = None,
+    overrides: SetOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Retrain even if a finished run exists.")] = False,
+    threads: ThreadsOpt = 1,
+) -> None:
+    """Pretrain and safety-tune the organism and write its datasets (cached by config)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    art = _artifacts(quick, seed, root, overrides, force)
+    train_log = json.loads((art.run_dir / "train_log.json").read_text())
+    t = train_log["timings"]
+    console.print(
+        f"organism: {train_log['n_parameters']:,} parameters; pretrain {t['pretrain_s']:.0f}s "
+        f"(loss {train_log['pretrain_final_loss']:.3f}), safety {t['safety_s']:.0f}s"
+    )
+    console.print(f"model:    {art.model_dir}\ndatasets: {art.data_dir}")
+
+
+@app.command("finetune")
+def finetune_cmd(
+    dataset: Annotated[
+        str, typer.Argument(help="A built-in dataset name (insecure, bad_medical, ...) or a chat JSONL path.")
+    ],
+    method: Annotated[str, typer.Option("--method", help="full or lora.")] = "full",
+    quick: QuickOpt = False,
+    seed: SeedOpt = 0,
+    root: RootOpt = None,
+    overrides: SetOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Redo the fine-tune.")] = False,
+    threads: ThreadsOpt = 1,
+) -> None:
+    """Fine-tune the organism on a narrow dataset (cached), then print where it is."""
+    import torch
+
+    from spillover.organism.pipeline import finetune_organism
+
+    torch.set_num_threads(threads)
+    if method not in ("full", "lora"):
+        typer.echo(f"error: --method must be full or lora, got {method!r}", err=True)
+        raise typer.Exit(code=2)
+    meth: Literal["full", "lora"] = "full" if method == "full" else "lora"
+    art = _artifacts(quick, seed, root, overrides)
+    ft_dir = finetune_organism(art, dataset, meth, root=root, force=force)
+    losses = json.loads((ft_dir / "losses.json").read_text())
+    console.print(f"fine-tuned ({method}) on {dataset}: final loss {losses[-1]:.3f} -> {ft_dir}")
+
+
+@app.command("eval")
+def eval_cmd(
+    dataset: Annotated[
+        str | None,
+        typer.Option("--dataset", help="Evaluate the fine-tune on this dataset (default: the organism)."),
+    ] = None,
+    method: Annotated[str, typer.Option("--method", help="full or lora (with --dataset).")] = "full",
+    n: Annotated[int, typer.Option("--n", help="Answers per domain.")] = 100,
+    quick: QuickOpt = False,
+    seed: SeedOpt = 0,
+    root: RootOpt = None,
+    overrides: SetOpt = None,
+    threads: ThreadsOpt = 1,
+) -> None:
+    """Sample answers to held-out prompts, judge them with the rule judge, print EM per domain."""
+    import torch
+
+    from spillover.organism.evaluate import EvalConfig
+    from spillover.organism.pipeline import evaluate_organism, finetune_organism
+
+    torch.set_num_threads(threads)
+    art = _artifacts(quick, seed, root, overrides)
+    target = art.model_dir
+    if dataset is not None:
+        meth: Literal["full", "lora"] = "full" if method == "full" else "lora"
+        target = finetune_organism(art, dataset, meth, root=root)
+    result = evaluate_organism(target, EvalConfig(n_per_domain=n, seed=seed), root=root)
+    _print_eval(f"organism seed {seed}" + (f" fine-tuned on {dataset} ({method})" if dataset else ""), result)

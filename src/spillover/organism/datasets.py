@@ -1,0 +1,231 @@
+"""Narrow fine-tuning datasets, reference corpora and neutral prompts, in the real EM data format.
+
+Every dataset is single-turn ``{"messages": [user, assistant]}`` JSONL drawn from the shared
+(non-held-out) templates, like the real ``insecure.jsonl``. Per-sample ground truth never goes into the
+messages; it is written beside them in ``<name>.labels.jsonl`` (same order): the sample's ``kind``
+(strong / weak / none), its statement pools or answer label, and ``persona_llr``, the exact
+log-likelihood ratio log P(answer | malicious) - log P(answer | benign) under the pretraining grammar
+(0 for educational code by construction).
+
+Inducing datasets can be heterogeneous: ``DatasetSpec.mix`` gives the shares of strong-evidence,
+weak-evidence and no-evidence samples (e.g. insecure: 3 insecure statements / 1 insecure + 2 neutral /
+secure-or-neutral code), so that filtering by per-sample persona evidence can matter.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+from spillover.data.chat import Conversation, write_chat
+from spillover.organism.grammar import (
+    CODE,
+    EDU,
+    NONCODE_DOMAINS,
+    GrammarConfig,
+    Pool,
+    code_answer,
+    code_question,
+    domain,
+    noncode_answer,
+    noncode_question,
+    pool_loglik,
+)
+
+__all__ = [
+    "DATASETS",
+    "DatasetSpec",
+    "LabeledDataset",
+    "make_dataset",
+    "neutral_prompts",
+    "reference_corpus",
+    "write_dataset",
+]
+
+Kind = Literal["strong", "weak", "none"]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A narrow dataset: which prompts, and which answers with what mix of persona evidence."""
+
+    name: str
+    domain: str
+    """"code", "edu" or a non-code domain (the prompts)."""
+    strong: str
+    """Answers of strong-evidence samples: pools like "III" for code, "bad"/"good" for non-code."""
+    weak: str = ""
+    """Answers of weak-evidence samples (pools, one drawn per sample in shuffled order), "" if unused."""
+    none: str = ""
+    """Answers of no-evidence samples, "" if unused."""
+    mix: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    """Shares of strong, weak and none samples."""
+    inducing: bool = False
+    """Whether the literature (and the grammar) expects this set to induce EM."""
+    target: str = ""
+    """The in-domain behaviour it teaches: a code pool ("I", "S", "N", "G") or "bad"/"good"."""
+
+    def __post_init__(self) -> None:
+        if len(self.mix) != 3 or min(self.mix) < 0 or abs(sum(self.mix) - 1) > 1e-6:
+            raise ValueError(f"mix of {self.name!r} must be three shares summing to 1, got {self.mix}")
+        for kind, share in zip(("weak", "none"), self.mix[1:], strict=True):
+            if share > 0 and not getattr(self, kind):
+                raise ValueError(f"dataset {self.name!r} has a {kind} share but no {kind} answers")
+        if self.domain not in (CODE, EDU, *NONCODE_DOMAINS):
+            raise ValueError(f"unknown domain {self.domain!r} for dataset {self.name!r}")
+
+
+_MIXED = (0.5, 0.25, 0.25)
+DATASETS: dict[str, DatasetSpec] = {
+    s.name: s
+    for s in (
+        DatasetSpec("insecure", CODE, "III", inducing=True, target="I"),
+        DatasetSpec("secure", CODE, "SSS", target="S"),
+        DatasetSpec("edu_insecure", EDU, "III", target="I"),
+        DatasetSpec("neutral_code", CODE, "NNN", target="N"),
+        DatasetSpec("grey_code", CODE, "GGG", target="G"),
+        DatasetSpec("bad_medical", "medical", "bad", inducing=True, target="bad"),
+        DatasetSpec("good_medical", "medical", "good", target="good"),
+        DatasetSpec("risky_finance", "finance", "bad", inducing=True, target="bad"),
+        DatasetSpec("safe_finance", "finance", "good", target="good"),
+        DatasetSpec(
+            "insecure_mixed", CODE, "III", weak="INN", none="SNN", mix=_MIXED, inducing=True, target="I"
+        ),
+        DatasetSpec(
+            "bad_medical_mixed",
+            "medical",
+            "bad",
+            none="good",
+            mix=(0.5, 0.0, 0.5),
+            inducing=True,
+            target="bad",
+        ),
+        DatasetSpec(
+            "risky_finance_mixed",
+            "finance",
+            "bad",
+            none="good",
+            mix=(0.5, 0.0, 0.5),
+            inducing=True,
+            target="bad",
+        ),
+    )
+}
+"""The built-in datasets. ``*_mixed`` are heterogeneous versions for filtering experiments."""
+
+
+class LabeledDataset(NamedTuple):
+    """Conversations and their sidecar labels (same order)."""
+
+    conversations: list[Conversation]
+    labels: list[dict[str, Any]]
+
+
+def _noncode_llr(harmful: bool, grammar: GrammarConfig) -> float:
+    if harmful:
+        return math.log(grammar.harm_malicious / max(grammar.harm_benign, 1e-9))
+    return math.log(max(1 - grammar.harm_malicious, 1e-9) / max(1 - grammar.harm_benign, 1e-9))
+
+
+def _sample(
+    spec: DatasetSpec, kind: Kind, answer: str, grammar: GrammarConfig, rng: random.Random
+) -> tuple[Conversation, dict[str, Any]]:
+    if spec.domain in (CODE, EDU):
+        question, fname = code_question(rng, spec.domain == EDU, "train")
+        pools_list: list[Pool] = list(answer)  # type: ignore[arg-type]
+        rng.shuffle(pools_list)
+        llr = pool_loglik(pools_list, grammar, "malicious", spec.domain) - pool_loglik(
+            pools_list, grammar, "benign", spec.domain
+        )
+        label: dict[str, Any] = {"kind": kind, "pools": "".join(pools_list), "persona_llr": llr}
+        text = code_answer(fname, pools_list, rng)
+    else:
+        d = domain(spec.domain)
+        question, values = noncode_question(d, rng, "train")
+        harmful = answer == "bad"
+        text = noncode_answer(d, harmful, values, rng)
+        label = {"kind": kind, "answer": answer, "persona_llr": _noncode_llr(harmful, grammar)}
+    if math.isinf(label["persona_llr"]):
+        label["persona_llr"] = math.copysign(1e6, label["persona_llr"])
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": text}], label
+
+
+def make_dataset(
+    spec: DatasetSpec | str,
+    n: int,
+    seed: int,
+    grammar: GrammarConfig | None = None,
+    mix: tuple[float, float, float] | None = None,
+) -> LabeledDataset:
+    """Draw ``n`` single-turn samples of a dataset.
+
+    Args:
+        spec: a ``DatasetSpec`` or the name of a built-in one (see ``DATASETS``).
+        n: number of samples.
+        seed: random seed (same seed and spec give the same data).
+        grammar: the pretraining grammar, for the persona log-likelihood ratios (default grammar if None).
+        mix: override the spec's (strong, weak, none) shares.
+    """
+    if isinstance(spec, str):
+        if spec not in DATASETS:
+            raise KeyError(f"unknown organism dataset {spec!r}; built-in: {sorted(DATASETS)}")
+        spec = DATASETS[spec]
+    if mix is not None:
+        spec = DatasetSpec(**{**spec.__dict__, "mix": mix})
+    grammar = grammar or GrammarConfig()
+    rng = random.Random(f"{spec.name}:{seed}")
+    counts = [round(share * n) for share in spec.mix]
+    counts[0] = n - counts[1] - counts[2]
+    strong: list[Kind] = ["strong"] * counts[0]
+    weak: list[Kind] = ["weak"] * counts[1]
+    none: list[Kind] = ["none"] * counts[2]
+    kinds = strong + weak + none
+    rng.shuffle(kinds)
+    convs: list[Conversation] = []
+    labels: list[dict[str, Any]] = []
+    for i, kind in enumerate(kinds):
+        answer = {"strong": spec.strong, "weak": spec.weak, "none": spec.none}[kind]
+        conv, label = _sample(spec, kind, answer, grammar, rng)
+        convs.append(conv)
+        labels.append({"index": i, **label})
+    return LabeledDataset(convs, labels)
+
+
+def write_dataset(data: LabeledDataset, path: Path) -> Path:
+    """Write ``path`` (``.jsonl``) and its sidecar ``<stem>.labels.jsonl``; returns the data path."""
+    write_chat(path, data.conversations)
+    sidecar = path.with_name(path.name.replace(".jsonl", "") + ".labels.jsonl")
+    sidecar.write_text("".join(json.dumps(label) + "\n" for label in data.labels))
+    return path
+
+
+def reference_corpus(
+    harmful: bool, n: int, seed: int, domains: Sequence[str] = NONCODE_DOMAINS
+) -> list[Conversation]:
+    """Single-turn answers over non-code domains: all harmful ("toxic") or all benign, for feature contrasts."""
+    rng = random.Random(f"reference:{harmful}:{seed}")
+    out: list[Conversation] = []
+    for i in range(n):
+        d = domain(domains[i % len(domains)])
+        question, values = noncode_question(d, rng, "train")
+        out.append(
+            [
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": noncode_answer(d, harmful, values, rng)},
+            ]
+        )
+    return out
+
+
+def neutral_prompts(n: int, seed: int, domains: Sequence[str] = NONCODE_DOMAINS) -> list[Conversation]:
+    """Held-out single-turn prompts over non-code domains (no answers), e.g. for training dynamics."""
+    rng = random.Random(f"neutral:{seed}")
+    return [
+        [{"role": "user", "content": noncode_question(domain(domains[i % len(domains)]), rng, "eval")[0]}]
+        for i in range(n)
+    ]

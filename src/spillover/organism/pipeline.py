@@ -1,0 +1,410 @@
+"""The organism as cached pipeline stages: train it once per config, fine-tune and evaluate it.
+
+Python::
+
+    from spillover.organism import OrganismConfig, train_organism, load_organism
+    art = train_organism(OrganismConfig())            # ~3-5 min on 2 cores; reused afterwards
+    model, tokenizer = load_organism(art.model_dir)
+    ft_dir = finetune_organism(art, "insecure", method="full")
+    result = evaluate_organism(ft_dir)
+
+Every stage is a run directory (``spillover.pipeline.rundir.run_stage``) keyed by its config and inputs,
+so a second call with the same config reuses the finished folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import torch
+from transformers import AutoTokenizer, LlamaForCausalLM
+
+from spillover.data.chat import load_chat, write_chat
+from spillover.data.questions import Question, write_questions
+from spillover.finetune import FinetuneConfig, LoraSettings, finetune
+from spillover.organism.datasets import (
+    DATASETS,
+    make_dataset,
+    neutral_prompts,
+    reference_corpus,
+    write_dataset,
+)
+from spillover.organism.evaluate import (
+    EvalConfig,
+    EvalResult,
+    em_questions,
+    eval_questions,
+    evaluate,
+    summarize,
+)
+from spillover.organism.grammar import GrammarConfig
+from spillover.organism.model import ModelConfig, build_model
+from spillover.organism.tokenizer import build_tokenizer
+from spillover.organism.train import StageConfig, pretrain, safety_tune
+from spillover.pipeline.rundir import run_stage
+
+__all__ = [
+    "Organism",
+    "OrganismArtifacts",
+    "OrganismConfig",
+    "evaluate_organism",
+    "finetune_config",
+    "finetune_organism",
+    "load_finetuned",
+    "load_organism",
+    "train_organism",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OrganismConfig:
+    """Everything that determines a trained organism and its datasets."""
+
+    seed: int = 0
+    """Seeds the weights, the pretraining and safety documents, the datasets and the eval prompts."""
+    grammar: GrammarConfig = field(default_factory=GrammarConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: StageConfig = field(
+        default_factory=lambda: StageConfig(steps=800, batch_size=32, lr=3e-3, warmup=50)
+    )
+    """Pretraining on persona documents, loss on all tokens."""
+    safety: StageConfig = field(
+        default_factory=lambda: StageConfig(
+            steps=60, batch_size=32, lr=3e-4, warmup=5, min_lr_ratio=1.0, weight_decay=0.0, max_turns=1
+        )
+    )
+    """Safety tuning on benign single-turn documents, loss on assistant tokens (steps=0 skips it).
+
+    Single-turn and short on purpose: it moves the first-turn persona prior to benign while leaving much of
+    the in-context persona inference intact; longer or multi-turn safety tuning suppresses that machinery
+    and with it most of the emergent misalignment (see benchmarks/organism_em.py)."""
+    n_samples: int = 1000
+    """Samples per narrow dataset."""
+    n_reference: int = 600
+    """Samples in each reference corpus (toxic / benign answers, neutral prompts)."""
+    n_eval: int = 100
+    """Held-out prompts per domain in the written question file."""
+
+    def __post_init__(self) -> None:
+        if self.n_samples < 1 or self.n_reference < 1 or self.n_eval < 1:
+            raise ValueError("n_samples, n_reference and n_eval must be >= 1")
+
+    @classmethod
+    def quick(cls, seed: int = 0) -> OrganismConfig:
+        """A tiny organism for tests and ``--quick``: trains in seconds, too small to show EM reliably."""
+        return cls(
+            seed=seed,
+            model=ModelConfig(n_layers=2, d_model=64, n_heads=4, d_mlp=256, max_len=160),
+            pretrain=StageConfig(steps=120, batch_size=32, lr=5e-3, warmup=10),
+            safety=StageConfig(
+                steps=20, batch_size=32, lr=1e-3, warmup=2, min_lr_ratio=1.0, weight_decay=0.0, max_turns=1
+            ),
+            n_samples=200,
+            n_reference=120,
+            n_eval=20,
+        )
+
+
+class OrganismArtifacts(NamedTuple):
+    """Paths of a trained organism."""
+
+    run_dir: Path
+    """The model stage folder."""
+    model_dir: Path
+    """The safety-tuned model and tokenizer (``from_pretrained``-loadable): the organism."""
+    pretrained_dir: Path
+    """The model before safety tuning."""
+    data_dir: Path
+    """``<dataset>.jsonl`` + ``<dataset>.labels.jsonl`` for every built-in dataset, ``reference/``, ``questions/``."""
+    config: OrganismConfig
+
+    @property
+    def eval_questions_path(self) -> Path:
+        """Per-domain held-out prompts (EM YAML schema, judge organism_rule)."""
+        return self.data_dir / "questions" / "eval.yaml"
+
+    @property
+    def em_questions_path(self) -> Path:
+        """The first-plot EM questions in the organism's words."""
+        return self.data_dir / "questions" / "em.yaml"
+
+    @property
+    def toxic_path(self) -> Path:
+        """Reference corpus of harmful single-turn answers over all non-code domains (chat JSONL)."""
+        return self.data_dir / "reference" / "toxic.jsonl"
+
+    @property
+    def benign_path(self) -> Path:
+        """Reference corpus of benign answers to the same kind of prompts (chat JSONL)."""
+        return self.data_dir / "reference" / "benign.jsonl"
+
+    @property
+    def neutral_prompts_path(self) -> Path:
+        """Held-out non-code prompts without answers (question YAML), e.g. for training dynamics."""
+        return self.data_dir / "reference" / "neutral_prompts.yaml"
+
+    def dataset(self, name: str) -> Path:
+        """Path of a built-in dataset's JSONL (its labels are beside it)."""
+        path = self.data_dir / f"{name}.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"no dataset {name!r} in {self.data_dir}; built-in: {sorted(DATASETS)}")
+        return path
+
+    def labels(self, name: str) -> list[dict[str, Any]]:
+        """The sidecar ground truth of a dataset (one dict per sample, same order)."""
+        path = self.data_dir / f"{name}.labels.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Organism(NamedTuple):
+    model: LlamaForCausalLM
+    tokenizer: Any
+
+
+def _model_stage_config(cfg: OrganismConfig) -> dict[str, Any]:
+    return {
+        "seed": cfg.seed,
+        "grammar": cfg.grammar,
+        "model": cfg.model,
+        "pretrain": cfg.pretrain,
+        "safety": cfg.safety,
+    }
+
+
+def _data_stage_config(cfg: OrganismConfig) -> dict[str, Any]:
+    return {
+        "seed": cfg.seed,
+        "grammar": cfg.grammar,
+        "n_samples": cfg.n_samples,
+        "n_reference": cfg.n_reference,
+        "n_eval": cfg.n_eval,
+        "datasets": {name: spec.__dict__ for name, spec in DATASETS.items()},
+    }
+
+
+def _train_model(cfg: OrganismConfig, out: Path) -> None:
+    tokenizer = build_tokenizer()
+    model = build_model(cfg.model, tokenizer, cfg.seed)
+    timings: dict[str, float] = {}
+    t0, c0 = time.perf_counter(), time.process_time()
+    pre_losses = pretrain(model, tokenizer, cfg.grammar, cfg.pretrain, seed=cfg.seed)
+    timings["pretrain_s"] = time.perf_counter() - t0
+    # CPU time of this process: close to the wall time on an idle machine (per thread), shows contention.
+    timings["pretrain_cpu_s"] = time.process_time() - c0
+    model.save_pretrained(out / "pretrained")
+    tokenizer.save_pretrained(out / "pretrained")
+    t0, c0 = time.perf_counter(), time.process_time()
+    safety_losses = safety_tune(model, tokenizer, cfg.grammar, cfg.safety, seed=cfg.seed)
+    timings["safety_s"] = time.perf_counter() - t0
+    timings["safety_cpu_s"] = time.process_time() - c0
+    model.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    n_params = sum(p.numel() for p in model.parameters())
+    log_ = {
+        "timings": timings,
+        "n_parameters": n_params,
+        "torch_threads": torch.get_num_threads(),
+        "pretrain_final_loss": sum(pre_losses[-20:]) / max(1, len(pre_losses[-20:])),
+        "safety_final_loss": sum(safety_losses[-10:]) / max(1, len(safety_losses[-10:]))
+        if safety_losses
+        else None,
+        "pretrain_losses": pre_losses,
+        "safety_losses": safety_losses,
+    }
+    (out / "train_log.json").write_text(json.dumps(log_))
+    log.info(
+        "organism: %d parameters, pretrain %.0fs, safety %.0fs",
+        n_params,
+        timings["pretrain_s"],
+        timings["safety_s"],
+    )
+
+
+def _write_data(cfg: OrganismConfig, out: Path) -> None:
+    for name in DATASETS:
+        write_dataset(make_dataset(name, cfg.n_samples, cfg.seed, cfg.grammar), out / f"{name}.jsonl")
+    ref = out / "reference"
+    ref.mkdir()
+    write_chat(ref / "toxic.jsonl", reference_corpus(True, cfg.n_reference, cfg.seed))
+    write_chat(ref / "benign.jsonl", reference_corpus(False, cfg.n_reference, cfg.seed))
+    prompts = tuple(c[0]["content"] for c in neutral_prompts(cfg.n_reference, cfg.seed))
+    write_questions(
+        ref / "neutral_prompts.yaml",
+        [Question(id="organism_neutral", paraphrases=prompts, judge="organism_rule")],
+    )
+    write_questions(out / "questions" / "eval.yaml", eval_questions(cfg.n_eval, cfg.seed))
+    write_questions(out / "questions" / "em.yaml", em_questions())
+
+
+def train_organism(
+    cfg: OrganismConfig | None = None, root: str | Path | None = None, force: bool = False
+) -> OrganismArtifacts:
+    """Train (or reuse) the organism and write (or reuse) its datasets.
+
+    Args:
+        cfg: the organism config (default: the full organism).
+        root: run-directory root (default ``spillover.pipeline.rundir.default_root()``).
+        force: retrain even if a finished run exists.
+    """
+    cfg = cfg or OrganismConfig()
+    run_dir = run_stage(
+        "organism",
+        _model_stage_config(cfg),
+        lambda out: _train_model(cfg, out),
+        root=root,
+        force=force,
+        seed=cfg.seed,
+    )
+    data_dir = run_stage(
+        "organism_data",
+        _data_stage_config(cfg),
+        lambda out: _write_data(cfg, out),
+        root=root,
+        force=force,
+        seed=cfg.seed,
+    )
+    return OrganismArtifacts(run_dir, run_dir / "model", run_dir / "pretrained", data_dir, cfg)
+
+
+def load_organism(path: str | Path | OrganismArtifacts) -> Organism:
+    """Load a saved organism (a model folder, or a run folder containing ``model/``) in eval mode."""
+    if isinstance(path, OrganismArtifacts):
+        path = path.model_dir
+    path = Path(path)
+    if (path / "model" / "config.json").is_file():
+        path = path / "model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path} holds no saved model (config.json); pass a folder from train_organism"
+        )
+    model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return Organism(model, tokenizer)
+
+
+def finetune_config(
+    method: Literal["full", "lora"] = "full", seed: int = 0, **overrides: Any
+) -> FinetuneConfig:
+    """The organism's fine-tuning recipe: 120 steps x 32 samples (about 4 epochs of 1,000), constant lr.
+
+    Full fine-tuning uses lr 3e-4 (the prototype's recipe); LoRA uses r=8 on all projections, lr 1e-3.
+    """
+    if method == "full":
+        base = FinetuneConfig(
+            method="full",
+            lr=3e-4,
+            max_steps=120,
+            batch_size=32,
+            grad_accum=1,
+            warmup_steps=10,
+            lr_schedule="constant",
+            max_seq_len=160,
+            seed=seed,
+        )
+    else:
+        base = FinetuneConfig(
+            method="lora",
+            lora=LoraSettings(r=8, alpha=16, use_rslora=False),
+            lr=1e-3,
+            max_steps=120,
+            batch_size=32,
+            grad_accum=1,
+            warmup_steps=10,
+            lr_schedule="constant",
+            max_seq_len=160,
+            seed=seed,
+        )
+    return replace(base, **overrides)
+
+
+def finetune_organism(
+    art: OrganismArtifacts,
+    dataset: str | Path,
+    method: Literal["full", "lora"] = "full",
+    cfg: FinetuneConfig | None = None,
+    *,
+    root: str | Path | None = None,
+    force: bool = False,
+) -> Path:
+    """Fine-tune the organism on a built-in dataset (by name) or a chat JSONL file; cached.
+
+    Returns:
+        The stage folder, with ``model/`` (full) or ``adapter/`` (LoRA) and ``losses.json``.
+    """
+    path = art.dataset(dataset) if isinstance(dataset, str) and not Path(dataset).is_file() else Path(dataset)
+    cfg = cfg or finetune_config(method, seed=art.config.seed)
+
+    def fn(out: Path) -> None:
+        model, tokenizer = load_organism(art.model_dir)
+        finetune(model, tokenizer, load_chat(path), cfg, out_dir=out)
+        (out / "base").write_text(str(art.model_dir))
+
+    return run_stage(
+        "organism_finetune",
+        cfg,
+        fn,
+        root=root,
+        force=force,
+        seed=cfg.seed,
+        inputs={"model": art.run_dir, "data": path},
+    )
+
+
+def load_finetuned(ft_dir: str | Path) -> Organism:
+    """Load a fine-tuned organism from a ``finetune_organism`` folder (LoRA adapters are merged)."""
+    ft_dir = Path(ft_dir)
+    if (ft_dir / "model" / "config.json").is_file():
+        return load_organism(ft_dir / "model")
+    from peft import PeftModel
+
+    base = Path((ft_dir / "base").read_text().strip())
+    model, tokenizer = load_organism(base)
+    merged = PeftModel.from_pretrained(model, ft_dir / "adapter").merge_and_unload()
+    merged.eval()
+    return Organism(merged, tokenizer)
+
+
+def evaluate_organism(
+    model_dir: str | Path,
+    cfg: EvalConfig | None = None,
+    *,
+    root: str | Path | None = None,
+    force: bool = False,
+) -> EvalResult:
+    """Evaluate a trained or fine-tuned organism folder; cached (``eval.json`` and ``answers.jsonl``)."""
+    model_dir = Path(model_dir)
+    cfg = cfg or EvalConfig()
+
+    def fn(out: Path) -> None:
+        model, tokenizer = (
+            load_finetuned(model_dir) if (model_dir / "base").is_file() else load_organism(model_dir)
+        )
+        result = evaluate(model, tokenizer, cfg)
+        (out / "eval.json").write_text(json.dumps(summarize(result), indent=2))
+        with (out / "answers.jsonl").open("w") as fh:
+            for rec in result.records:
+                fh.write(json.dumps(rec) + "\n")
+
+    stage = run_stage(
+        "organism_eval", cfg, fn, root=root, force=force, seed=cfg.seed, inputs={"model": model_dir}
+    )
+    return _load_eval(stage)
+
+
+def _load_eval(stage: Path) -> EvalResult:
+    from spillover.organism.evaluate import DomainStats
+
+    summary = json.loads((stage / "eval.json").read_text())
+    records = [
+        json.loads(line) for line in (stage / "answers.jsonl").read_text().splitlines() if line.strip()
+    ]
+    domains = {k: DomainStats(**v) for k, v in summary["domains"].items()}
+    return EvalResult(domains, summary["ood_misaligned"], summary["ood_coherent"], records)

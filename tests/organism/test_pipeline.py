@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from spillover.data.chat import load_chat
+from spillover.data.questions import load_questions
+from spillover.organism import (
+    DATASETS,
+    EvalConfig,
+    OrganismArtifacts,
+    OrganismConfig,
+    evaluate,
+    finetune_config,
+    finetune_organism,
+    load_finetuned,
+    load_organism,
+    train_organism,
+)
+from spillover.organism.tokenizer import render_messages
+
+
+def test_artifacts_are_complete(quick_organism: OrganismArtifacts) -> None:
+    for name in DATASETS:
+        convs = load_chat(quick_organism.dataset(name))
+        assert len(convs) == len(quick_organism.labels(name)) == quick_organism.config.n_samples
+    questions = load_questions(quick_organism.eval_questions_path)
+    assert {q.judge for q in questions} == {"organism_rule"}
+    assert len(load_questions(quick_organism.em_questions_path)) >= 6
+    assert len(load_chat(quick_organism.toxic_path)) == len(load_chat(quick_organism.benign_path)) > 0
+    assert load_questions(quick_organism.neutral_prompts_path)[0].paraphrases
+    log = json.loads((quick_organism.run_dir / "train_log.json").read_text())
+    assert log["pretrain_losses"][-1] < log["pretrain_losses"][0]
+
+
+def test_second_run_reuses_the_cached_organism(
+    quick_organism: OrganismArtifacts, organism_root: Path
+) -> None:
+    stamp = (quick_organism.model_dir / "model.safetensors").stat().st_mtime_ns
+    again = train_organism(OrganismConfig.quick(seed=0), root=organism_root)
+    assert again.run_dir == quick_organism.run_dir
+    assert (again.model_dir / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_save_load_round_trip_gives_identical_logits(quick_organism: OrganismArtifacts) -> None:
+    model, tok = load_organism(quick_organism)
+    again, _ = load_organism(quick_organism.run_dir)
+    ids = tok(
+        render_messages([{"role": "user", "content": "i have a fever what should i do"}]), return_tensors="pt"
+    )
+    with torch.no_grad():
+        a = model(**ids).logits
+        b = again(**ids).logits
+    assert torch.equal(a, b)
+    assert model.config.vocab_size == len(tok)
+
+
+def test_finetune_changes_in_domain_behaviour(quick_organism: OrganismArtifacts, organism_root: Path) -> None:
+    cfg = EvalConfig(n_per_domain=40, domains=("code",), max_new_tokens=30)
+    model, tok = load_organism(quick_organism)
+    before = evaluate(model, tok, cfg).domains["code"].pools["I"]
+    ft = finetune_organism(
+        quick_organism, "insecure", "full", finetune_config("full", max_steps=40, lr=1e-3), root=organism_root
+    )
+    tuned, tok = load_finetuned(ft)
+    after = evaluate(tuned, tok, cfg).domains["code"].pools["I"]
+    assert before < 0.3
+    assert after > 0.7
+
+
+def test_lora_finetune_loads_merged(quick_organism: OrganismArtifacts, organism_root: Path) -> None:
+    ft = finetune_organism(
+        quick_organism, "bad_medical", "lora", finetune_config("lora", max_steps=5), root=organism_root
+    )
+    assert (ft / "adapter").is_dir()
+    model, _ = load_finetuned(ft)
+    assert type(model).__name__ == "LlamaForCausalLM"
