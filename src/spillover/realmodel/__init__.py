@@ -1,0 +1,54 @@
+"""A real pretrained model as spillover's reference: SmolLM2-135M-Instruct with the real EM datasets.
+
+Python::
+
+    from spillover.realmodel import StudyConfig, run_study
+    result = run_study(StudyConfig(), out_dir="runs/smollm2")
+
+CLI: ``spillover real study --config configs/smollm2.yaml --out runs/smollm2``.
+"""
+
+from spillover.realmodel.analysis import GeometrySettings, LayerAnalysis, analyse_layer
+from spillover.realmodel.cache import ActivationCache, collect_cache
+from spillover.realmodel.contrasts import (
+    CONTRASTS,
+    DIRECTIONS,
+    LATENT_SETS,
+    MEAN_DIFF_CONTRASTS,
+    describe_contrasts,
+)
+from spillover.realmodel.data import StudyData, StudyDataConfig, assemble_data
+from spillover.realmodel.dynamics import (
+    DynamicsRecord,
+    DynamicsSettings,
+    latent_set_activation,
+    run_dynamics,
+    summarize_record,
+)
+from spillover.realmodel.smollm import SelfAnswerSettings, StudyConfig, StudyResult, quick_config, run_study
+
+__all__ = [
+    "CONTRASTS",
+    "DIRECTIONS",
+    "LATENT_SETS",
+    "MEAN_DIFF_CONTRASTS",
+    "ActivationCache",
+    "DynamicsRecord",
+    "DynamicsSettings",
+    "GeometrySettings",
+    "LayerAnalysis",
+    "SelfAnswerSettings",
+    "StudyConfig",
+    "StudyData",
+    "StudyDataConfig",
+    "StudyResult",
+    "analyse_layer",
+    "assemble_data",
+    "collect_cache",
+    "describe_contrasts",
+    "latent_set_activation",
+    "quick_config",
+    "run_dynamics",
+    "run_study",
+    "summarize_record",
+]

