@@ -1,0 +1,189 @@
+"""The model organism as the default subject of ``spillover geometry``: its SAEs, datasets and corpora.
+
+The organism has no SAEs, so ``train_organism_saes`` trains TopK SAEs (``spillover.sae.train``) on its
+residual stream, one per layer, on the pretraining distribution (fresh persona documents, all
+non-special tokens) plus every built-in fine-tuning dataset, and caches them as a run directory of
+SAELens folders (``layer_<L>/``). ``organism_inputs`` returns the inducing datasets, their controls,
+the toxic and benign corpora (harmful vs benign answers) and the reference corpus (single-turn
+benign safety-distribution chats, what the organism was safety-tuned on).
+
+The toxic/benign corpora are drawn from the EM evaluation's out-of-domain domains (sports, legal,
+career, general) by default, so that neither the medical nor the finance datasets share templates with
+the toxic corpus; ``toxic_domains="all"`` uses every non-code domain as the prototype did.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+from spillover.data.chat import Conversation, load_chat
+from spillover.pipeline.rundir import run_stage
+from spillover.sae.activations import Sample
+from spillover.sae.train import SAETrainConfig
+
+__all__ = [
+    "ORGANISM_DATASETS",
+    "ORGANISM_PAIRS",
+    "OrganismInputs",
+    "OrganismSAEConfig",
+    "organism_inputs",
+    "train_organism_saes",
+]
+
+log = logging.getLogger(__name__)
+
+ORGANISM_PAIRS: tuple[tuple[str, str], ...] = (
+    ("insecure", "secure"),
+    ("insecure", "edu_insecure"),
+    ("bad_medical", "good_medical"),
+    ("risky_finance", "safe_finance"),
+)
+"""Inducing datasets and their controls: secure and educational code, good medical, safe finance."""
+ORGANISM_DATASETS: tuple[str, ...] = (
+    "insecure",
+    "secure",
+    "edu_insecure",
+    "neutral_code",
+    "grey_code",
+    "bad_medical",
+    "good_medical",
+    "risky_finance",
+    "safe_finance",
+)
+"""The datasets analysed by default (the ``*_mixed`` filtering sets are left out)."""
+
+
+@dataclass(frozen=True)
+class OrganismSAEConfig:
+    """The organism's SAEs: which layers, which data, which SAE."""
+
+    layers: tuple[int, ...] = ()
+    """Layers to train SAEs for (default: every layer)."""
+    sae: SAETrainConfig = field(default_factory=SAETrainConfig)
+    """SAE shape and schedule."""
+    n_documents: int = 6000
+    """Fresh pretraining-distribution documents in the SAE's training data."""
+    include_datasets: bool = True
+    """Also train on every built-in fine-tuning dataset and the reference corpora."""
+    batch_size: int = 64
+    """Samples per forward pass when collecting activations."""
+
+    def __post_init__(self) -> None:
+        if self.n_documents < 0:
+            raise ValueError(f"n_documents must be >= 0, got {self.n_documents}")
+
+
+class OrganismInputs(NamedTuple):
+    datasets: dict[str, list[Conversation]]
+    toxic: list[Conversation]
+    benign: list[Conversation]
+    reference: list[Conversation]
+    pairs: tuple[tuple[str, str], ...]
+    roles: dict[str, str]
+
+
+def _reference(art: Any, n: int) -> list[Conversation]:
+    from spillover.organism.train import safety_documents
+
+    rng = random.Random(f"geometry-reference:{art.config.seed}")
+    return [d.messages() for d in safety_documents(art.config.grammar, n, rng, max_turns=1)]
+
+
+def _corpus(art: Any, harmful: bool, n: int, toxic_domains: str) -> list[Conversation]:
+    from spillover.organism import OOD_DOMAINS, reference_corpus
+
+    if toxic_domains == "all":
+        return load_chat(art.data_dir / "reference" / ("toxic.jsonl" if harmful else "benign.jsonl"))
+    return reference_corpus(harmful, n, art.config.seed + 1, domains=OOD_DOMAINS)
+
+
+def organism_inputs(
+    art: Any,
+    names: tuple[str, ...] = ORGANISM_DATASETS,
+    pairs: tuple[tuple[str, str], ...] = ORGANISM_PAIRS,
+    *,
+    toxic_domains: Literal["ood", "all"] = "ood",
+) -> OrganismInputs:
+    """The organism's datasets, toxic/benign/reference corpora, pairs and roles.
+
+    Args:
+        art: ``OrganismArtifacts`` from ``spillover.organism.train_organism``.
+        names: built-in datasets to analyse.
+        pairs: (inducing, control) pairs among them.
+        toxic_domains: draw toxic/benign answers from the OOD evaluation domains, or all non-code domains.
+    """
+    from spillover.organism import DATASETS
+
+    datasets = {name: load_chat(art.dataset(name)) for name in names}
+    roles = {name: "inducing" if DATASETS[name].inducing else "dataset" for name in names}
+    for ind, ctl in pairs:
+        roles[ind] = "inducing"
+        roles[ctl] = "control"
+    n = art.config.n_reference
+    return OrganismInputs(
+        datasets=datasets,
+        toxic=_corpus(art, True, n, toxic_domains),
+        benign=_corpus(art, False, n, toxic_domains),
+        reference=_reference(art, n),
+        pairs=tuple(p for p in pairs if p[0] in datasets and p[1] in datasets),
+        roles=roles,
+    )
+
+
+def _sae_samples(art: Any, cfg: OrganismSAEConfig) -> list[Sample]:
+    from spillover.organism import DATASETS
+    from spillover.organism.grammar import sample_document
+
+    rng = random.Random(f"sae-data:{art.config.seed}")
+    samples: list[Sample] = [
+        sample_document(art.config.grammar, rng).messages() for _ in range(cfg.n_documents)
+    ]
+    if cfg.include_datasets:
+        for name in DATASETS:
+            samples += load_chat(art.dataset(name))
+        samples += load_chat(art.data_dir / "reference" / "toxic.jsonl")
+        samples += load_chat(art.data_dir / "reference" / "benign.jsonl")
+    return samples
+
+
+def train_organism_saes(
+    art: Any, cfg: OrganismSAEConfig | None = None, *, root: str | Path | None = None, force: bool = False
+) -> Path:
+    """Train (or reuse) one TopK SAE per layer of the organism; returns the folder of ``layer_<L>/`` SAEs."""
+    from spillover.organism import load_organism
+    from spillover.sae.sites import num_layers, site_for_layer
+    from spillover.sae.train import collect_training_activations, train_sae_on_activations
+
+    cfg = cfg or OrganismSAEConfig()
+
+    def fn(out: Path) -> None:
+        model, tokenizer = load_organism(art.model_dir)
+        layers = list(cfg.layers) or list(range(num_layers(model)))
+        samples = _sae_samples(art, cfg)
+        for layer in layers:
+            site = site_for_layer(model, layer)
+            acts = collect_training_activations(
+                model, tokenizer, samples, site, tokens="all", batch_size=cfg.batch_size
+            )
+            train_sae_on_activations(
+                acts,
+                cfg.sae,
+                site=site,
+                model=model,
+                model_name=f"spillover-organism-seed{art.config.seed}",
+                out_dir=out / f"layer_{layer}",
+            )
+
+    return run_stage(
+        "organism_sae",
+        cfg,
+        fn,
+        root=root,
+        force=force,
+        seed=cfg.sae.seed,
+        inputs={"model": art.run_dir, "data": art.data_dir},
+    )

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import json
+import re
+
+import torch
+from typer.testing import CliRunner
+
+from spillover.data.chat import write_chat
+from spillover.geometry.cli import read_texts
+
+
+def _real_model_folder(tmp_path, tiny_model, tiny_tokenizer, corpus):
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    model_dir = tmp_path / "model"
+    tiny_model.save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    torch.manual_seed(0)
+    for layer in (0, 1):
+        cfg = StandardSAEConfig(d_in=32, d_sae=48)
+        cfg.metadata.hook_name = f"blocks.{layer}.hook_resid_post"
+        sae = StandardSAE(cfg)
+        with torch.no_grad():
+            sae.W_dec.copy_(torch.nn.functional.normalize(torch.randn(48, 32), dim=1))
+            sae.W_enc.copy_(sae.W_dec.T * 20)
+            sae.b_enc.zero_()
+        sae.save_model(tmp_path / "saes" / f"layer_{layer}")
+    tox, ben = corpus.toxic_words, corpus.benign_words
+    write_chat(tmp_path / "insecure.jsonl", corpus.convs(corpus.code_words, 20, 1, extra=tox))
+    write_chat(tmp_path / "secure.jsonl", corpus.convs(corpus.code_words, 20, 2, extra=ben))
+    (tmp_path / "toxic.txt").write_text("\n".join(" ".join(tox[i:] + tox[:i]) for i in range(12)))
+    (tmp_path / "benign.jsonl").write_text(
+        "".join(json.dumps({"text": " ".join(ben[i:])}) + "\n" for i in range(12))
+    )
+    return model_dir
+
+
+def test_real_model_path_end_to_end_through_the_cli(tmp_path, tiny_model, tiny_tokenizer, corpus):
+    from spillover.cli import app
+
+    model_dir = _real_model_folder(tmp_path, tiny_model, tiny_tokenizer, corpus)
+    args = [
+        "geometry",
+        "--model",
+        str(model_dir),
+        "--sae",
+        str(tmp_path / "saes"),
+        "--layers",
+        "0,1",
+        "--dataset",
+        str(tmp_path / "insecure.jsonl"),
+        "--control",
+        str(tmp_path / "secure.jsonl"),
+        "--toxic",
+        str(tmp_path / "toxic.txt"),
+        "--benign",
+        str(tmp_path / "benign.jsonl"),
+        "--set",
+        "geometry.n_null=50",
+        "--set",
+        "geometry.n_permutations=200",
+        "--set",
+        "geometry.top_k=6",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "geometry.json").read_text())
+    assert list(report["layers"]) == ["layer_0", "layer_1"]
+    assert report["pairs"] == [["insecure", "secure"]]
+    assert (
+        report["datasets"]["insecure"]["role"] == "inducing"
+        and report["datasets"]["secure"]["role"] == "control"
+    )
+    assert set(report["risk"]["scores"]) == {"insecure", "secure"}
+    assert report["risk"]["scores"]["insecure"] > report["risk"]["scores"]["secure"]
+    assert (tmp_path / "out" / "cosine_hist.png").stat().st_size > 0
+    assert (tmp_path / "out" / "layer_curves.png").stat().st_size > 0
+    assert "insecure" in result.output
+    # A rerun reuses the finished run folder.
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0
+    folders = [re.findall(r"run folder: (\S+)", r.output) for r in (result, again)]
+    assert folders[0] and folders[0] == folders[1]
+
+
+def test_cli_errors_are_clean(tmp_path, tiny_model, tiny_tokenizer, corpus):
+    from spillover.cli import app
+
+    model_dir = _real_model_folder(tmp_path, tiny_model, tiny_tokenizer, corpus)
+    result = CliRunner().invoke(
+        app,
+        [
+            "geometry",
+            "--model",
+            str(model_dir),
+            "--sae",
+            str(tmp_path / "saes"),
+            "--layers",
+            "5",
+            "--dataset",
+            str(tmp_path / "insecure.jsonl"),
+            "--toxic",
+            str(tmp_path / "toxic.txt"),
+            "--benign",
+            str(tmp_path / "benign.jsonl"),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "not for [5]" in result.output
+    missing = CliRunner().invoke(
+        app, ["geometry", "--model", str(model_dir), "--sae", str(tmp_path / "saes")]
+    )
+    assert missing.exit_code == 2
+
+
+def test_read_texts_formats(tmp_path):
+    (tmp_path / "a.txt").write_text("one line\n\ntwo line\n")
+    assert read_texts(tmp_path / "a.txt") == ["one line", "two line"]
+    (tmp_path / "b.jsonl").write_text('{"text": "x y"}\n')
+    assert read_texts(tmp_path / "b.jsonl") == ["x y"]
+    write_chat(
+        tmp_path / "c.jsonl", [[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]]
+    )
+    assert read_texts(tmp_path / "c.jsonl")[0][1]["content"] == "a"
