@@ -1,0 +1,283 @@
+"""Training dynamics: toxic-feature activation on neutral prompts and the misaligned rate, per checkpoint.
+
+method.md step 9 / consequence 3: during narrow fine-tuning, the activation of the toxic latents (read
+with the *base* model's SAE) on neutral prompts should rise together with the misaligned-answer rate.
+``measure_checkpoints`` does the measurement for any HF model given its checkpoints, an SAE and a
+callable that returns a misaligned rate; ``organism_dynamics`` wires it for the model organism as a
+cached stage (fine-tune with checkpoints, then measure step 0 and every checkpoint).
+
+Python::
+
+    from spillover.dynamics import DynamicsConfig, organism_dynamics
+    stage = organism_dynamics(art, sae_dir, DynamicsConfig(dataset="insecure"))
+    json.loads((stage / "dynamics.json").read_text())["toxic_activation"]
+
+The toxic activation at a checkpoint is the mean over neutral prompts of the summed token-mean
+activation of the toxic latents, on the prompts' own (user) tokens by default, so it measures the
+model's internal state on unrelated inputs, not the harm of its answers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DynamicsConfig",
+    "DynamicsPoint",
+    "load_checkpoint",
+    "measure_checkpoints",
+    "organism_dynamics",
+    "summarize_dynamics",
+    "toxic_activation_on",
+]
+
+log = logging.getLogger(__name__)
+
+
+class DynamicsPoint(NamedTuple):
+    """The measurements at one fine-tuning step."""
+
+    step: int
+    toxic_activation: float
+    """Mean over neutral prompts of the summed toxic-latent activation (token mean)."""
+    misaligned_rate: float | None
+    """Misaligned-answer rate at this step (None when it could not be computed)."""
+
+
+@dataclass(frozen=True)
+class DynamicsConfig:
+    """The organism's dynamics run."""
+
+    dataset: str = "insecure"
+    """Organism dataset fine-tuned on."""
+    seeds: tuple[int, ...] = (0,)
+    """Fine-tuning seeds (each a separate run; the summary averages them)."""
+    checkpoint_every: int = 20
+    """Optimizer steps between measurements."""
+    finetune_method: Literal["full", "lora"] = "full"
+    finetune_steps: int | None = None
+    """Override the organism recipe's optimizer steps."""
+    n_prompts: int = 200
+    """Neutral prompts for the toxic activation."""
+    tokens: Literal["user", "all"] = "user"
+    """Which tokens of the neutral prompts are read."""
+    n_eval: int = 50
+    """Answers per out-of-domain evaluation domain at each checkpoint."""
+    toxic_k: int | None = None
+    """Toxic latents (None: the geometry default for the SAE width)."""
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every < 1 or self.n_prompts < 1 or self.n_eval < 1:
+            raise ValueError("checkpoint_every, n_prompts and n_eval must be >= 1")
+        if not self.seeds:
+            raise ValueError("at least one seed is needed")
+
+
+@torch.no_grad()
+def toxic_activation_on(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    sae: Any,
+    toxic_idx: torch.Tensor,
+    *,
+    tokens: Literal["user", "all", "assistant"] = "user",
+) -> float:
+    """Mean over ``prompts`` of the summed token-mean activation of the toxic latents.
+
+    Args:
+        model: the (fine-tuned) HF model.
+        tokenizer: its tokenizer.
+        prompts: conversations (e.g. single user turns).
+        sae: an ``SAEHandle`` bound to a site of ``model`` (the base model's SAE).
+        toxic_idx: toxic latent indices.
+        tokens: which tokens are read.
+    """
+    from spillover.filtering.features import sample_features
+    from spillover.filtering.scores import toxic_activation
+
+    feats = sample_features(model, tokenizer, prompts, sae, tokens=tokens)
+    has_tokens = feats.n_tokens_N > 0
+    if not bool(has_tokens.any()):
+        raise ValueError(f"no prompt has {tokens} tokens to read")
+    return float(toxic_activation(feats.feature_acts_NF[has_tokens], toxic_idx).mean())
+
+
+def load_checkpoint(path: Path, base: Path | None = None) -> tuple[Any, Any]:
+    """Load a saved checkpoint: a full model folder, or a LoRA adapter folder (merged into ``base``)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (path / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        if base is None:
+            raise ValueError(f"{path} is a LoRA adapter; pass the base model folder")
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(path if (path / "tokenizer_config.json").is_file() else base)
+    return model, tokenizer
+
+
+def measure_checkpoints(
+    checkpoints: Sequence[tuple[int, Path]],
+    sae_dir: Path,
+    toxic_idx: torch.Tensor,
+    prompts: Sequence[Any],
+    misaligned: Callable[[Any, Any], float | None],
+    *,
+    base: Path | None = None,
+    tokens: Literal["user", "all", "assistant"] = "user",
+) -> list[DynamicsPoint]:
+    """Measure toxic activation and the misaligned rate at each checkpoint.
+
+    Args:
+        checkpoints: ``(step, folder)`` pairs; step 0 is usually the base model's folder.
+        sae_dir: the base model's SAE (SAELens folder); bound to each checkpoint's same site.
+        toxic_idx: toxic latents of that SAE.
+        prompts: neutral prompts.
+        misaligned: ``f(model, tokenizer) -> rate`` (e.g. an EM evaluation).
+        base: base model folder, for LoRA adapter checkpoints.
+        tokens: which prompt tokens are read.
+    """
+    from spillover.progress import track
+    from spillover.sae.load import load_sae
+
+    points: list[DynamicsPoint] = []
+    for step, folder in track(list(checkpoints), "dynamics"):
+        model, tokenizer = load_checkpoint(folder, base)
+        sae = load_sae(sae_dir, model)
+        tox = toxic_activation_on(model, tokenizer, prompts, sae, toxic_idx, tokens=tokens)
+        rate = misaligned(model, tokenizer)
+        log.info("step %d: toxic activation %.4f, misaligned %s", step, tox, rate)
+        points.append(DynamicsPoint(step, tox, rate))
+    return points
+
+
+def summarize_dynamics(runs: Sequence[Sequence[DynamicsPoint]], dataset: str = "") -> dict[str, Any]:
+    """The report's ``dynamics`` section: per-step means over runs (seeds), SDs and their correlation."""
+    if not runs:
+        raise ValueError("no dynamics runs")
+    steps = [p.step for p in runs[0]]
+    for run in runs[1:]:
+        if [p.step for p in run] != steps:
+            raise ValueError("runs were measured at different steps")
+    tox = np.array([[p.toxic_activation for p in run] for run in runs], dtype=float)
+    rate = np.array(
+        [[math.nan if p.misaligned_rate is None else p.misaligned_rate for p in run] for run in runs]
+    )
+    tox_mean, rate_mean = tox.mean(0), np.nanmean(rate, axis=0)
+    ok = np.isfinite(tox_mean) & np.isfinite(rate_mean)
+    pearson = spearman = None
+    if ok.sum() >= 3 and np.std(tox_mean[ok]) > 0 and np.std(rate_mean[ok]) > 0:
+        from scipy.stats import spearmanr
+
+        pearson = float(np.corrcoef(tox_mean[ok], rate_mean[ok])[0, 1])
+        spearman = float(spearmanr(tox_mean[ok], rate_mean[ok]).statistic)
+    return {
+        "dataset": dataset,
+        "steps": steps,
+        "toxic_activation": tox_mean.tolist(),
+        "toxic_activation_sd": tox.std(0).tolist() if len(runs) > 1 else None,
+        "misaligned_rate": [None if not np.isfinite(v) else float(v) for v in rate_mean],
+        "misaligned_rate_sd": np.nanstd(rate, axis=0).tolist() if len(runs) > 1 else None,
+        "per_seed": {
+            "toxic_activation": tox.tolist(),
+            "misaligned_rate": [[None if not np.isfinite(v) else float(v) for v in r] for r in rate],
+        },
+        "pearson_r": pearson,
+        "spearman_r": spearman,
+        "n_runs": len(runs),
+    }
+
+
+def organism_dynamics(
+    art: Any,
+    sae_dir: Path,
+    cfg: DynamicsConfig,
+    *,
+    toxic: Path | None = None,
+    benign: Path | None = None,
+    root: str | Path | None = None,
+) -> Path:
+    """Fine-tune the organism with checkpoints and measure each (cached stage with ``dynamics.json``).
+
+    Args:
+        art: ``spillover.organism.OrganismArtifacts``.
+        sae_dir: the base organism's SAE (SAELens folder).
+        cfg: what to run.
+        toxic: toxic reference conversations (default: the organism's ``reference/toxic.jsonl``).
+        benign: benign reference conversations (default: ``reference/benign.jsonl``).
+        root: run root.
+    """
+    from spillover.organism.pipeline import finetune_config, finetune_organism
+    from spillover.pipeline.rundir import run_stage
+
+    toxic = toxic or art.data_dir / "reference" / "toxic.jsonl"
+    benign = benign or art.data_dir / "reference" / "benign.jsonl"
+    ft_dirs: dict[int, Path] = {}
+    for seed in cfg.seeds:
+        ft_cfg = finetune_config(cfg.finetune_method, seed=seed, checkpoint_every=cfg.checkpoint_every)
+        if cfg.finetune_steps is not None:
+            ft_cfg = replace(ft_cfg, max_steps=cfg.finetune_steps)
+        ft_dirs[seed] = finetune_organism(art, cfg.dataset, cfg.finetune_method, ft_cfg, root=root)
+
+    def fn(out: Path) -> None:
+        from spillover.data.chat import load_chat
+        from spillover.filtering.features import toxic_reference
+        from spillover.organism.datasets import neutral_prompts
+        from spillover.organism.evaluate import OOD_DOMAINS, EvalConfig, evaluate
+        from spillover.organism.pipeline import load_organism
+        from spillover.sae.load import load_sae
+
+        base_model, tokenizer = load_organism(art.model_dir)
+        sae = load_sae(sae_dir, base_model)
+        ref = toxic_reference(base_model, tokenizer, load_chat(toxic), load_chat(benign), sae, k=cfg.toxic_k)
+        prompts = neutral_prompts(cfg.n_prompts, art.config.seed + 17)
+        runs = []
+        for seed, ft in ft_dirs.items():
+            ckpt_root = ft / "checkpoints"
+            ckpts = (
+                sorted(
+                    (
+                        (int(p.name.split("-")[1]), p)
+                        for p in ckpt_root.iterdir()
+                        if p.name.startswith("step-")
+                    ),
+                    key=lambda t: t[0],
+                )
+                if ckpt_root.is_dir()
+                else []
+            )
+            final = ft / ("adapter" if cfg.finetune_method == "lora" else "model")
+            n_steps = len(json.loads((ft / "losses.json").read_text()))
+            eval_cfg = EvalConfig(n_per_domain=cfg.n_eval, domains=OOD_DOMAINS, seed=seed)
+
+            def rate(model: Any, tok: Any, eval_cfg: EvalConfig = eval_cfg) -> float | None:
+                return evaluate(model, tok, eval_cfg).ood_misaligned
+
+            series = [(0, art.model_dir), *ckpts, (n_steps, final)]
+            runs.append(
+                measure_checkpoints(
+                    series, sae_dir, ref.toxic_idx, prompts, rate, base=art.model_dir, tokens=cfg.tokens
+                )
+            )
+        summary = summarize_dynamics(runs, cfg.dataset)
+        summary["toxic_idx"] = ref.toxic_idx.tolist()
+        summary["tokens"] = cfg.tokens
+        (out / "dynamics.json").write_text(json.dumps(summary, indent=1))
+
+    inputs: dict[str, Any] = {"sae": sae_dir, "toxic": toxic, "benign": benign, "model": art.run_dir}
+    inputs.update({f"finetune_seed{s}": d for s, d in ft_dirs.items()})
+    return run_stage("dynamics", cfg, fn, root=root, inputs=inputs)

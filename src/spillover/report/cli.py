@@ -1,0 +1,40 @@
+"""``spillover report RUN_DIR``: the HTML report of a run, from its saved summary.json only.
+
+spillover report runs/demo                  # writes runs/demo/report.html
+spillover report runs/demo --out /tmp/r.html
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Write a self-contained HTML report (embedded figures) from a run's summary.json.",
+    invoke_without_command=True,
+    # A group that takes an argument: let options follow it (`spillover report RUN --out x.html`).
+    context_settings={"allow_interspersed_args": True},
+)
+
+
+@app.callback(invoke_without_command=True)
+def report(
+    ctx: typer.Context,
+    run_dir: Annotated[Path, typer.Argument(help="Run folder holding summary.json (e.g. the demo's --out).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="HTML file (default RUN_DIR/report.html).")
+    ] = None,
+) -> None:
+    """Render the report; plotting reads saved results and never calls a model."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from spillover.report.html import write_report
+
+    try:
+        path = write_report(run_dir, out)
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    typer.echo(f"wrote {path}")

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from spillover.demo import DemoConfig, SpilloverConfig, print_summary, run_demo
+
+
+def tiny_demo() -> DemoConfig:
+    """The smallest demo that runs every stage (seconds, not minutes; numbers are meaningless)."""
+    from spillover.dynamics import DynamicsConfig
+    from spillover.filtering.experiment import FilterExperimentConfig
+    from spillover.geometry.organism import OrganismSAEConfig
+    from spillover.geometry.report import GeometryConfig
+    from spillover.organism.evaluate import EvalConfig
+    from spillover.organism.model import ModelConfig
+    from spillover.organism.pipeline import OrganismConfig
+    from spillover.organism.train import StageConfig
+    from spillover.sae.train import SAETrainConfig
+
+    eval_cfg = EvalConfig(n_per_domain=4, domains=("sports", "general", "code"), max_new_tokens=12)
+    return DemoConfig(
+        preset="tiny",
+        organism=OrganismConfig(
+            model=ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, max_len=160),
+            pretrain=StageConfig(steps=6, batch_size=8, lr=3e-3, warmup=1),
+            safety=StageConfig(steps=2, batch_size=8, lr=1e-3, warmup=1),
+            n_samples=24,
+            n_reference=16,
+            n_eval=4,
+        ),
+        sae=OrganismSAEConfig(
+            layers=(1,),
+            sae=SAETrainConfig(d_sae=64, k=4, training_tokens=2048, batch_size=256),
+            n_documents=20,
+            include_datasets=False,
+        ),
+        geometry=GeometryConfig(n_null=20, n_permutations=200),
+        em_datasets=("insecure", "secure"),
+        finetune_steps=2,
+        eval=eval_cfg,
+        spillover=SpilloverConfig(steps=1, n_neutral=8, top_k=3),
+        filtering=FilterExperimentConfig(
+            dataset="insecure_mixed", methods=("geometry", "judge", "random"), finetune_steps=2, eval=eval_cfg
+        ),
+        dynamics=DynamicsConfig(checkpoint_every=1, finetune_steps=2, n_prompts=6, n_eval=3),
+    )
+
+
+def _check_summary(summary: dict, out: Path) -> None:
+    for name in ("insecure", "secure"):
+        entry = summary["em"][name]
+        assert 0 <= entry["misaligned_rate"] <= 1 and len(entry["ci"]) == 2
+        assert isinstance(summary["geometry"][name]["score"], float)
+    assert "p_value" in summary["geometry"]
+    for method in ("geometry", "judge", "random"):
+        assert "misaligned_rate" in summary["filtering"][method]
+    assert "relative_reduction" in summary["filtering"]["geometry"]
+    assert summary["dynamics"]["steps"] == [0, 1, 2]
+    assert {"organism_s", "sae_s", "geometry_s", "em_s", "filtering_s", "dynamics_s"} <= set(
+        summary["timings"]
+    )
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert (out / "report.html").read_text().count("data:image/png;base64,") >= 5
+
+
+def test_tiny_demo_resumes_after_interruption_then_reuses_every_stage(tmp_path, monkeypatch, capsys):
+    import spillover.filtering.experiment as experiment
+    import spillover.organism.pipeline as pipeline
+    import spillover.sae.train as sae_train
+
+    root = tmp_path / "runs"
+    real_sets = experiment.write_filter_sets
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    # 1. Interrupted in the middle of filtering: finished stages stay, nothing looks finished after it.
+    monkeypatch.setattr(experiment, "write_filter_sets", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(tiny_demo(), tmp_path / "out", root=root)
+    assert not (tmp_path / "out" / "summary.json").exists()
+    finished = {p.parent.parent.name for p in root.glob("*/*/.complete")}
+    assert {"organism", "organism_sae", "demo_geometry", "organism_finetune", "filter_scores"} <= finished
+    assert "filter_sets" not in finished and "dynamics" not in finished
+
+    # 2. Resumed: the organism is not trained again, the rest completes.
+    calls: list[str] = []
+    real_train = pipeline._train_model
+    monkeypatch.setattr(
+        pipeline, "_train_model", lambda *a, **k: (calls.append("organism"), real_train(*a, **k))
+    )
+    monkeypatch.setattr(experiment, "write_filter_sets", real_sets)
+    summary = run_demo(tiny_demo(), tmp_path / "out", root=root)
+    assert calls == []
+    _check_summary(summary, tmp_path / "out")
+    print_summary(summary)
+    assert "Filtering insecure_mixed" in capsys.readouterr().out
+
+    # 3. Warm: nothing is trained or fine-tuned, the numbers are the same.
+    monkeypatch.setattr(pipeline, "_train_model", lambda *a, **k: calls.append("organism"))
+    monkeypatch.setattr(pipeline, "finetune", lambda *a, **k: calls.append("finetune"))
+    monkeypatch.setattr(sae_train, "train_sae_on_activations", lambda *a, **k: calls.append("sae"))
+    again = run_demo(tiny_demo(), tmp_path / "out2", root=root)
+    assert calls == []
+    assert again["em"] == summary["em"] and again["filtering"] == summary["filtering"]
+
+
+def test_demo_config_rejects_unknown_datasets():
+    with pytest.raises(ValueError, match="unknown organism datasets"):
+        DemoConfig(em_datasets=("insecure", "nope"))

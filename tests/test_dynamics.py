@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spillover.dynamics import (
+    DynamicsConfig,
+    DynamicsPoint,
+    measure_checkpoints,
+    summarize_dynamics,
+    toxic_activation_on,
+)
+
+
+def test_summarize_dynamics_means_sds_and_correlation():
+    runs = [
+        [DynamicsPoint(0, 1.0, 0.01), DynamicsPoint(10, 2.0, 0.05), DynamicsPoint(20, 3.0, 0.09)],
+        [DynamicsPoint(0, 1.0, 0.03), DynamicsPoint(10, 4.0, 0.07), DynamicsPoint(20, 5.0, None)],
+    ]
+    s = summarize_dynamics(runs, "insecure")
+    assert s["steps"] == [0, 10, 20]
+    assert s["toxic_activation"] == pytest.approx([1.0, 3.0, 4.0])
+    assert s["toxic_activation_sd"] == pytest.approx([0.0, 1.0, 1.0])
+    assert s["misaligned_rate"] == pytest.approx([0.02, 0.06, 0.09])
+    assert s["pearson_r"] > 0.9 and s["spearman_r"] == pytest.approx(1.0)
+    assert s["per_seed"]["misaligned_rate"][1][2] is None
+    with pytest.raises(ValueError, match="different steps"):
+        summarize_dynamics([runs[0], runs[1][:2]])
+
+
+def test_summarize_dynamics_without_variation_has_no_correlation():
+    s = summarize_dynamics(
+        [[DynamicsPoint(0, 1.0, 0.0), DynamicsPoint(1, 1.0, 0.1), DynamicsPoint(2, 1.0, 0.2)]]
+    )
+    assert s["pearson_r"] is None and s["toxic_activation_sd"] is None
+
+
+def _sae_dir(model, path):
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    torch.manual_seed(0)
+    cfg = StandardSAEConfig(d_in=model.config.hidden_size, d_sae=16)
+    cfg.metadata.hf_hook_name = "model.layers.0"
+    sae = StandardSAE(cfg)
+    with torch.no_grad():
+        sae.W_enc.normal_()
+    sae.save_model(path)
+    return path
+
+
+def test_toxic_activation_follows_a_shift_of_the_residual_stream(tmp_path, tiny_model, tiny_tokenizer):
+    from spillover.sae.activations import collect_activations
+    from spillover.sae.load import load_sae
+
+    sae = load_sae(_sae_dir(tiny_model, tmp_path / "sae"), tiny_model)
+    prompts = [
+        [{"role": "user", "content": "how do i save money ?"}],
+        [{"role": "user", "content": "hello there"}],
+    ]
+    toxic = torch.tensor([1, 5])
+    value = toxic_activation_on(tiny_model, tiny_tokenizer, prompts, sae, toxic)
+    acts = collect_activations(tiny_model, tiny_tokenizer, prompts, [sae.site], tokens="user")[sae.site]
+    expected = sum(float(sae.encode(a).mean(0)[toxic].sum()) for a in acts) / len(acts)
+    assert value == pytest.approx(expected, rel=1e-5)
+
+    # Adding the toxic latents' encoder direction to layer 0's output raises their activation.
+    direction = sae.sae.W_enc[:, toxic].sum(1).detach()
+    with torch.no_grad():
+        tiny_model.model.layers[0].mlp.down_proj.bias = torch.nn.Parameter(direction / direction.norm() * 5.0)
+    assert toxic_activation_on(tiny_model, tiny_tokenizer, prompts, sae, toxic) > value
+
+
+def test_measure_checkpoints_reads_each_checkpoint(tmp_path, tiny_model, tiny_tokenizer):
+    sae_dir = _sae_dir(tiny_model, tmp_path / "sae")
+    folders = []
+    for step in (0, 5):
+        folder = tmp_path / f"step-{step}"
+        if step:
+            with torch.no_grad():
+                for p in tiny_model.parameters():
+                    p.add_(0.05 * torch.randn_like(p))
+        tiny_model.save_pretrained(folder)
+        tiny_tokenizer.save_pretrained(folder)
+        folders.append((step, folder))
+    seen = []
+    points = measure_checkpoints(
+        folders,
+        sae_dir,
+        torch.tensor([0, 1, 2]),
+        [[{"role": "user", "content": "hello there"}]],
+        lambda model, tok: seen.append(model) or 0.5,
+    )
+    assert [p.step for p in points] == [0, 5] and [p.misaligned_rate for p in points] == [0.5, 0.5]
+    assert points[0].toxic_activation != points[1].toxic_activation
+    assert len(seen) == 2
+
+
+def test_dynamics_config_validates():
+    with pytest.raises(ValueError):
+        DynamicsConfig(checkpoint_every=0)
+    with pytest.raises(ValueError, match="seed"):
+        DynamicsConfig(seeds=())
