@@ -166,7 +166,7 @@ _VERBS = {
     "filter": "spillover.filtering.cli",
     "demo": "spillover.demo",
     "report": "spillover.report.cli",
-    "smollm": "spillover.models.cli",
+    "real": "spillover.realmodel.cli",
     "sweep": "spillover.pipeline.sweep_cli",
 }
 for _verb, _module in _VERBS.items():
