@@ -12,7 +12,7 @@ import logging
 import statistics
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,8 +22,56 @@ from rich.table import Table
 from spillover.data.chat import ChatFormatError, load_chat
 from spillover.data.questions import QuestionFormatError, load_questions
 
+# Stage verbs live next to their code; each module exposes a typer ``app``. They are imported only when
+# invoked (``spillover --help`` would otherwise import torch, transformers and SAELens: seconds), so
+# the one-line help of each is kept here, next to its module.
+_VERBS = {
+    "theory": ("spillover.theory.cli", "Measure the spillover derivation (Δf_j ∝ cos(d_j, d_t)) in a toy model of superposition."),
+    "organism": ("spillover.organism.cli", "The built-in model organism of emergent misalignment (tiny chat LM, CPU)."),
+    "geometry": ("spillover.geometry.cli", "Score datasets by how close their SAE features sit to toxic features (geometry.json + plots)."),
+    "sae": ("spillover.sae.cli", "Train and inspect SAEs (SAELens format)."),
+    "finetune": ("spillover.finetune.cli", "Fine-tune the chain's model on finetune.data (EM recipe by default)."),
+    "generate": ("spillover.generate.cli", "Sample answers to generate.questions (running finetune first if configured)."),
+    "judge": ("spillover.judge.cli", "Judge answers (aligned/coherent, EM logprob rule); rescore from stored outputs."),
+    "metrics": ("spillover.metrics_cli", "Misalignment rates (aligned < 30 and coherent > 50, and variants) with CIs."),
+    "filter": ("spillover.filtering.cli", "Filter a fine-tuning dataset by closeness to toxic features, or a random / judge baseline."),
+    "demo": ("spillover.demo", "The whole story on the built-in organism: induce, measure, explain, mitigate (report.html)."),
+    "report": ("spillover.report.cli", "Write a self-contained HTML report from a run's summary.json."),
+    "real": ("spillover.realmodel.cli", "The paper's geometry on SmolLM2-135M-Instruct with the real EM datasets."),
+    "sweep": ("spillover.pipeline.sweep_cli", "Run a sweep (grid over config fields) through cached stages, locally or on Ray."),
+}  # fmt: skip
+
+
+class _LazyVerb(typer.core.TyperCommand):
+    """A verb shown in ``--help`` by its one-line help; its module is imported when it is invoked."""
+
+    def __init__(self, name: str, module: str, help: str) -> None:
+        super().__init__(name, help=help, short_help=help)
+        self.module = module
+
+    def real(self) -> Any:
+        command = typer.main.get_command(importlib.import_module(self.module).app)
+        command.name = self.name
+        return command
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra):  # type: ignore[no-untyped-def]
+        return self.real().make_context(info_name, args, parent=parent, **extra)
+
+
+class _Group(typer.core.TyperGroup):
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*super().list_commands(ctx), *_VERBS]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in _VERBS:
+            module, help = _VERBS[cmd_name]
+            return _LazyVerb(cmd_name, module, help)
+        return super().get_command(ctx, cmd_name)
+
+
 app = typer.Typer(
     name="spillover",
+    cls=_Group,
     help="Predict, induce, explain and mitigate emergent misalignment from SAE feature geometry.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -151,29 +199,3 @@ def questions_inspect(
                 shown.add(template)
                 console.rule(f"judge prompt '{metric}' (first used by {q.id})")
                 console.print(escape(template))
-
-
-# Stage verbs live next to their code; each module exposes a typer ``app``.
-_VERBS = {
-    "theory": "spillover.theory.cli",
-    "organism": "spillover.organism.cli",
-    "geometry": "spillover.geometry.cli",
-    "sae": "spillover.sae.cli",
-    "finetune": "spillover.finetune.cli",
-    "generate": "spillover.generate.cli",
-    "judge": "spillover.judge.cli",
-    "metrics": "spillover.metrics_cli",
-    "filter": "spillover.filtering.cli",
-    "demo": "spillover.demo",
-    "report": "spillover.report.cli",
-    "real": "spillover.realmodel.cli",
-    "sweep": "spillover.pipeline.sweep_cli",
-}
-for _verb, _module in _VERBS.items():
-    try:
-        _mod = importlib.import_module(_module)
-    except ModuleNotFoundError as _exc:
-        if _exc.name is not None and _module.startswith(_exc.name):
-            continue  # that stage is not part of this build yet
-        raise
-    app.add_typer(_mod.app, name=_verb)

@@ -77,3 +77,16 @@ def test_lora_finetune_loads_merged(quick_organism: OrganismArtifacts, organism_
     assert (ft / "adapter").is_dir()
     model, _ = load_finetuned(ft)
     assert type(model).__name__ == "LlamaForCausalLM"
+
+
+def test_the_organism_model_source_loads_the_trained_organism(quick_organism, monkeypatch) -> None:
+    # `--model organism` anywhere a model source is taken resolves to the cached organism's model folder.
+    import spillover.organism as organism_pkg
+    from spillover.models.sources import load_model
+
+    monkeypatch.setattr(organism_pkg, "train_organism", lambda *a, **k: quick_organism)
+    loaded = load_model("organism")
+    reference = load_organism(quick_organism)
+    ids = reference.tokenizer("<user> hello <assistant>", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(loaded.model(ids).logits, reference.model(ids).logits)

@@ -127,9 +127,10 @@ def resolve_source(source: str) -> str:
     """Turn a source string into something ``from_pretrained`` takes (a folder or a hub id)."""
     source = ALIASES.get(source, source)
     if source == "organism":
-        from spillover.organism import default_organism_dir  # type: ignore[attr-defined]
+        # The built-in organism: trained on first use (minutes on CPU), reused from the run cache after.
+        from spillover.organism import train_organism
 
-        return str(default_organism_dir())
+        return str(train_organism().model_dir)
     if source.startswith("package:"):
         return str(convert_gguf(package_gguf(source.removeprefix("package:"))))
     if source.startswith("gguf:"):

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from spillover.cli import _VERBS, app
+
+runner = CliRunner()
+
+
+def test_help_lists_every_verb_without_importing_the_heavy_stack() -> None:
+    code = (
+        "import sys; from typer.testing import CliRunner; from spillover.cli import app; "
+        "r = CliRunner().invoke(app, ['--help']); "
+        "import json; print(json.dumps([r.exit_code, r.output, sorted(m for m in ('torch', 'transformers', 'sae_lens') if m in sys.modules)]))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    exit_code, output, heavy = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert exit_code == 0
+    for verb in ("data", "questions", *_VERBS):
+        assert verb in output
+    assert heavy == []
+
+
+@pytest.mark.parametrize("verb", sorted(_VERBS))
+def test_every_verb_module_exposes_a_typer_app_that_answers_help(verb: str) -> None:
+    module, _ = _VERBS[verb]
+    assert hasattr(importlib.import_module(module), "app")
+    result = runner.invoke(app, [verb, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage: spillover " + verb in " ".join(result.output.split())
+
+
+def test_an_unknown_verb_is_a_clean_usage_error() -> None:
+    result = runner.invoke(app, ["nonsense"])
+    assert result.exit_code == 2
+    assert "nonsense" in result.output
+
+
+def test_python_dash_m_runs_the_same_command() -> None:
+    proc = subprocess.run([sys.executable, "-m", "spillover", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "sweep" in proc.stdout
+
+
+def test_data_inspect_summarises_a_real_dataset(shared_data) -> None:
+    result = runner.invoke(app, ["data", "inspect", str(shared_data / "em" / "insecure.jsonl.gz")])
+    assert result.exit_code == 0, result.output
+    assert "6000" in result.output
+
+
+def test_data_inspect_names_file_and_line_of_a_malformed_row(tmp_path) -> None:
+    path = tmp_path / "bad.jsonl"
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
+    path.write_text(good + "\n" + good + "\n{not json\n")
+    result = runner.invoke(app, ["data", "inspect", str(path)])
+    assert result.exit_code == 2
+    flat = " ".join(result.output.split())
+    assert "bad.jsonl:3: invalid JSON" in flat
+
+
+def test_questions_inspect_shows_system_prompts(shared_data) -> None:
+    result = runner.invoke(app, ["questions", "inspect", str(shared_data / "em" / "preregistered_evals.yaml")])
+    assert result.exit_code == 0, result.output
