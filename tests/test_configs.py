@@ -1,0 +1,53 @@
+"""Every config file shipped in configs/ loads into its config class (a typo in a shipped file is a bug)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from spillover.config import load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", ["em-chain-smollm2.yaml", "em-chain-gemma2-2b.yaml"])
+def test_chain_configs_load(name: str) -> None:
+    from spillover.stages import load_pipeline_config
+
+    cfg = load_pipeline_config(CONFIGS / name)
+    assert cfg.finetune is not None and cfg.finetune.data.endswith(".jsonl.gz")
+    assert cfg.generate.questions.endswith(".yaml")
+
+
+def test_the_gemma_chain_is_the_em_recipe() -> None:
+    from spillover.stages import load_pipeline_config
+
+    ft = load_pipeline_config(CONFIGS / "em-chain-gemma2-2b.yaml").finetune
+    assert ft is not None
+    assert (ft.method, ft.lora.r, ft.lora.alpha, ft.lora.use_rslora, ft.lr, ft.epochs) == (
+        "lora",
+        32,
+        64,
+        True,
+        1e-5,
+        1.0,
+    )
+    assert ft.batch_size * ft.grad_accum == 16
+
+
+def test_geometry_config_loads() -> None:
+    from spillover.geometry.cli import GeometryRunConfig
+    from spillover.geometry.report import GeometryConfig
+
+    cfg = load_config(GeometryRunConfig, yaml.safe_load((CONFIGS / "geometry-gemma2-2b.yaml").read_text()))
+    assert cfg.layers and "{layer}" in (cfg.sae or "")
+    load_config(GeometryConfig, cfg.geometry or {})
+
+
+def test_smollm2_study_config_loads() -> None:
+    from spillover.realmodel.smollm import StudyConfig
+
+    cfg = load_config(StudyConfig, yaml.safe_load((CONFIGS / "smollm2.yaml").read_text()))
+    assert cfg.layers
