@@ -55,7 +55,9 @@ def test_data_inspect_summarises_a_real_dataset(shared_data) -> None:
 
 def test_data_inspect_names_file_and_line_of_a_malformed_row(tmp_path) -> None:
     path = tmp_path / "bad.jsonl"
-    good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
+    good = json.dumps(
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    )
     path.write_text(good + "\n" + good + "\n{not json\n")
     result = runner.invoke(app, ["data", "inspect", str(path)])
     assert result.exit_code == 2
@@ -64,5 +66,7 @@ def test_data_inspect_names_file_and_line_of_a_malformed_row(tmp_path) -> None:
 
 
 def test_questions_inspect_shows_system_prompts(shared_data) -> None:
-    result = runner.invoke(app, ["questions", "inspect", str(shared_data / "em" / "preregistered_evals.yaml")])
+    result = runner.invoke(
+        app, ["questions", "inspect", str(shared_data / "em" / "preregistered_evals.yaml")]
+    )
     assert result.exit_code == 0, result.output
