@@ -90,6 +90,9 @@ def main() -> None:
     parser.add_argument(
         "--methods", default="geometry,toxic_activation,toxic_subspace,persona_projection,judge,random"
     )
+    parser.add_argument(
+        "--schedule", default="steps", choices=("steps", "epochs"), help="equal steps or equal epochs per run"
+    )
     parser.add_argument("--n-eval", type=int, default=250, help="answers per evaluation domain")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--root", type=Path, default=None, help="run cache (default $SPILLOVER_HOME/runs)")
@@ -122,6 +125,7 @@ def main() -> None:
         fractions=fractions,
         seeds=seeds,
         eval=eval_cfg,
+        schedule=args.schedule,
     )
     assert isinstance(fcfg, FilterExperimentConfig)
     sections = []

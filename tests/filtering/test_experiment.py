@@ -115,3 +115,17 @@ def test_filter_experiment_config_validates():
         FilterExperimentConfig(methods=("geometry", "oracle"))
     with pytest.raises(ValueError, match="fractions"):
         FilterExperimentConfig(fractions=(1.0,))
+
+
+def test_epoch_matched_steps_scale_with_the_share_kept(tmp_path):
+    from spillover.filtering.experiment import FilterExperimentConfig, epoch_matched_steps
+
+    full, half, one = tmp_path / "full.jsonl", tmp_path / "half.jsonl", tmp_path / "one.jsonl"
+    full.write_text("{}\n" * 1000)
+    half.write_text("{}\n" * 500 + "\n")
+    one.write_text("{}\n")
+    assert epoch_matched_steps(120, full, full) == 120
+    assert epoch_matched_steps(120, half, full) == 60
+    assert epoch_matched_steps(120, one, full) == 1
+    with pytest.raises(ValueError, match="schedule"):
+        FilterExperimentConfig(schedule="epoch")  # type: ignore[arg-type]

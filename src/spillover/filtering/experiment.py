@@ -84,6 +84,10 @@ class FilterExperimentConfig:
     finetune_method: Literal["full", "lora"] = "full"
     finetune_steps: int | None = None
     """Override the organism recipe's optimizer steps (None: the recipe's)."""
+    schedule: Literal["steps", "epochs"] = "steps"
+    """``steps``: every filtered set gets the unfiltered run's optimizer steps (more epochs over what is
+    kept); ``epochs``: the steps scale with the share kept, so every run sees the same number of epochs
+    (the paper's setting, where every fine-tune is one epoch)."""
     eval: Any = field(default_factory=_default_eval)
     """``spillover.organism.evaluate.EvalConfig``; its seed is replaced by each run's seed."""
     toxic_k: int | None = None
@@ -100,10 +104,21 @@ class FilterExperimentConfig:
             raise ValueError(f"fractions must be in (0, 1), got {bad}")
         if not self.seeds:
             raise ValueError("at least one seed is needed")
+        if self.schedule not in ("steps", "epochs"):
+            raise ValueError(f"schedule must be 'steps' or 'epochs', got {self.schedule!r}")
 
     @property
     def all_fractions(self) -> tuple[float, ...]:
         return tuple(sorted({*self.fractions, self.fraction}))
+
+
+def epoch_matched_steps(steps: int, subset: Path, full: Path) -> int:
+    """Optimizer steps that give ``subset`` as many epochs as ``steps`` give ``full`` (at least 1)."""
+
+    def count(path: Path) -> int:
+        return sum(1 for line in path.read_text().splitlines() if line.strip())
+
+    return max(1, round(steps * count(subset) / count(full)))
 
 
 # -- scores and filtered sets ---------------------------------------------------------------------------
@@ -451,6 +466,8 @@ def run_filter_experiment(
         ft_cfg = finetune_config(cfg.finetune_method, seed=seed)
         if cfg.finetune_steps is not None:
             ft_cfg = replace(ft_cfg, max_steps=cfg.finetune_steps)
+        if cfg.schedule == "epochs" and ft_cfg.max_steps is not None:
+            ft_cfg = replace(ft_cfg, max_steps=epoch_matched_steps(ft_cfg.max_steps, path, data))
         ft = finetune_organism(art, path, cfg.finetune_method, ft_cfg, root=root)
         result = evaluate_organism(ft, replace(cfg.eval, seed=seed), root=root)
         return _Run(result, cfg.dataset)
@@ -461,6 +478,7 @@ def run_filter_experiment(
         "fraction": cfg.fraction,
         "fractions": list(cfg.all_fractions),
         "seeds": list(cfg.seeds),
+        "schedule": cfg.schedule,
         "n_samples": json.loads((scores_dir / "scores.json").read_text())["n_samples"],
         "unfiltered": {
             **rate_with_ci([r.hits for r in base_runs]),
