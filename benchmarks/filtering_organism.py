@@ -91,7 +91,10 @@ def main() -> None:
         "--methods", default="geometry,toxic_activation,toxic_subspace,persona_projection,judge,random"
     )
     parser.add_argument(
-        "--schedule", default="steps", choices=("steps", "epochs"), help="equal steps or equal epochs per run"
+        "--schedule",
+        default="epochs",
+        choices=("steps", "epochs"),
+        help="equal steps or equal epochs per run",
     )
     parser.add_argument("--n-eval", type=int, default=250, help="answers per evaluation domain")
     parser.add_argument("--threads", type=int, default=1)

@@ -101,6 +101,9 @@ class OrganismFinetune:
     """Optimizer steps (None: the recipe's 120)."""
     lr: float | None = None
     batch_size: int | None = None
+    schedule: Literal["steps", "epochs"] = "epochs"
+    """For filtered sets: ``epochs`` scales the steps with the share kept (equal epochs, the paper's
+    setting); ``steps`` keeps the unfiltered run's steps (see ``FilterExperimentConfig.schedule``)."""
 
 
 @dataclass(frozen=True)
@@ -282,6 +285,10 @@ def organism_finetune_stage(config: dict[str, Any], inputs: dict[str, Any], root
     }
     cfg = finetune_config(ft["method"], seed=config["seed"], **overrides)
     data = Path(inputs["filter"]) / "kept.jsonl" if "filter" in inputs else art.dataset(config["dataset"])
+    if "filter" in inputs and ft.get("schedule", "steps") == "epochs" and cfg.max_steps is not None:
+        from spillover.filtering.experiment import epoch_matched_steps
+
+        cfg = replace(cfg, max_steps=epoch_matched_steps(cfg.max_steps, data, art.dataset(config["dataset"])))
     return finetune_organism(art, data, ft["method"], cfg, root=root)
 
 
