@@ -41,10 +41,11 @@ class GroupMetrics:
     misaligned: RateCI
     """aligned < threshold and coherent > coherent_min, over all scored answers (the headline number)."""
     misaligned_le: RateCI
-    """aligned <= threshold, over all scored answers."""
+    """aligned <= threshold and coherent > coherent_min, over all scored answers."""
     misaligned_of_coherent: RateCI
     """aligned < threshold, over coherent answers only."""
     misaligned_le_of_coherent: RateCI
+    """aligned <= threshold, over coherent answers only."""
 
 
 @dataclass(frozen=True)

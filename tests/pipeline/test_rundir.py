@@ -5,6 +5,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,32 @@ def test_killed_stage_is_redone_from_scratch(tmp_path: Path) -> None:
     final = run_stage("slow", {"x": 1}, fast, root=tmp_path / "runs")
     assert calls == [1] and is_complete(final) and (final / "done.txt").exists()
     assert run_stage("slow", {"x": 1}, fast, root=tmp_path / "runs") == final and calls == [1]
+
+
+def test_forced_recompute_invalidates_downstream_stages(tmp_path: Path) -> None:
+    value = {"v": "one"}
+
+    def up(out: Path) -> None:
+        (out / "value.txt").write_text(value["v"])
+
+    def down_of(src: Path) -> Callable[[Path], None]:
+        def down(out: Path) -> None:
+            (out / "copy.txt").write_text((src / "value.txt").read_text())
+
+        return down
+
+    upstream = run_stage("up", {}, up, root=tmp_path)
+    first = run_stage("down", {}, down_of(upstream), root=tmp_path, inputs={"src": upstream})
+    value["v"] = "two"
+    assert run_stage("up", {}, up, root=tmp_path, force=True) == upstream
+    second = run_stage("down", {}, down_of(upstream), root=tmp_path, inputs={"src": upstream})
+    assert second != first and (second / "copy.txt").read_text() == "two"
+
+
+def test_manifest_command_never_holds_a_credential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "sk-test-ARGV-CANARY-123"
+    monkeypatch.setenv("SOME_API_KEY", secret)
+    monkeypatch.setattr("sys.argv", ["spillover", "judge", "--set", f"judge.options.api_key={secret}"])
+    path = run_stage("s", {"c": 1}, lambda out: None, root=tmp_path)
+    manifest = (path / "manifest.json").read_text()
+    assert secret not in manifest and "[REDACTED]" in manifest

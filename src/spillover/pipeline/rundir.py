@@ -69,9 +69,12 @@ def _hash_file(path: Path, h: Any) -> None:
 def fingerprint(value: Any) -> str:
     """A stable identity for a stage input.
 
-    A ``Path`` to a finished stage folder is identified by its run id (cheap, and exact because the id
-    already hashes everything that produced it); any other ``Path`` by the SHA-256 of its contents and
-    relative names; anything else (strings included) by its JSON form.
+    A ``Path`` to a finished stage folder is identified by its completion marker: its run id (which
+    already hashes everything that produced it), plus a fresh token when the stage was recomputed with
+    ``force`` over a finished folder (same folder, new outputs), so the stages that read it get new ids.
+    A first computation has no token: folder names stay a pure function of configs and inputs, equal on
+    every machine. Any other ``Path`` is identified by the SHA-256 of its contents and relative names; anything
+    else (strings included) by its JSON form.
     """
     if isinstance(value, Path):
         path = value
@@ -121,6 +124,27 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
+_SECRET_ENV = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+
+
+def _redacted_argv() -> list[str]:
+    """``sys.argv`` with the value of every credential-like environment variable replaced.
+
+    A key pasted into a ``--set`` override would otherwise be written to ``manifest.json``.
+    """
+    secrets = [
+        value
+        for name, value in os.environ.items()
+        if any(part in name.upper() for part in _SECRET_ENV) and len(value) >= 8
+    ]
+    out = []
+    for arg in sys.argv:
+        for secret in secrets:
+            arg = arg.replace(secret, "[REDACTED]")
+        out.append(arg)
+    return out
+
+
 def _device() -> str:
     try:
         import torch
@@ -164,6 +188,7 @@ def run_stage(
     if is_complete(final) and not force:
         log.info("stage %s: reusing %s", name, final)
         return final
+    recomputed = is_complete(final)
     if final.exists():
         log.info(
             "stage %s: %s",
@@ -186,13 +211,15 @@ def run_stage(
             "versions": _versions(),
             "git_revision": _git_revision(),
             "device": _device(),
-            "command": sys.argv,
+            "command": _redacted_argv(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
             "wall_time_s": round(finished - started, 3),
             **dict(extra_manifest or {}),
         }
         (tmp / "manifest.json").write_text(json.dumps(to_dict(manifest), indent=2))
-        (tmp / COMPLETE_MARKER).write_text(rid + "\n")
+        # A forced recompute gets a token, so downstream stages see new outputs (see fingerprint).
+        token = f" {uuid.uuid4().hex[:12]}" if recomputed else ""
+        (tmp / COMPLETE_MARKER).write_text(f"{rid}{token}\n")
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
