@@ -444,7 +444,7 @@ def _notes(summary: dict[str, Any]) -> list[str]:
                 if filt.get("judge", {}).get("relative_reduction") is not None
                 else ""
             )
-            + " (95% intervals; the paper reports 34.5% for geometry at 50%)."
+            + " (95% intervals; the paper reports a 34.5% reduction for geometry at 50%, most likely relative)."
         )
     if summary.get("run", {}).get("preset") == "quick":
         notes.append(

@@ -80,6 +80,13 @@ def test_filter_cli_judge_and_errors(tmp_path, dataset):
     assert bad.exit_code == 2 and "--model" in bad.output
     bad = runner.invoke(app, [str(dataset), "--method", "nope", "--out", str(out)])
     assert bad.exit_code == 2 and "unknown --method" in bad.output
+    bad = runner.invoke(app, [str(dataset), "--method", "score", "--out", str(out)])
+    assert bad.exit_code == 2 and "--scores" in bad.output
+    missing_ref = ["--model", str(tmp_path), "--sae", str(tmp_path), "--benign", str(dataset)]
+    bad = runner.invoke(
+        app, [str(dataset), *missing_ref, "--toxic", str(tmp_path / "no.jsonl"), "--out", str(out)]
+    )
+    assert bad.exit_code == 2 and "no.jsonl" in bad.output
     bad = runner.invoke(app, [str(tmp_path / "missing.jsonl"), "--method", "random", "--out", str(out)])
     assert bad.exit_code == 2 and "does not exist" in bad.output
 

@@ -83,6 +83,11 @@ def test_toxic_subspace_projection_norm_and_centering():
     assert toxic_subspace(x, w, [0]).tolist() == pytest.approx([3.0, 0.0, 1.0], abs=1e-6)
     # span{e0, e2}: norm of (x0, x2); feature 3 (= -e0) adds nothing to the span
     assert toxic_subspace(x, w, [0, 2, 3]).tolist() == pytest.approx([3.0, 0.0, math.sqrt(5)], abs=1e-5)
+    # A dependent direction before an independent one must not drop part of the span.
+    w_dep = torch.tensor([[1.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    assert toxic_subspace(torch.tensor([[0.0, 1.0, 1.0]]), w_dep, [0, 1, 2]).tolist() == pytest.approx(
+        [math.sqrt(2)], abs=1e-5
+    )
     centred = toxic_subspace(x, w, [0], center_D=torch.tensor([1.0, 0.0, 0.0]))
     assert centred.tolist() == pytest.approx([2.0, 1.0, 0.0], abs=1e-6)
 

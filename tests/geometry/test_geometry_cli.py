@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -125,3 +126,13 @@ def test_read_texts_formats(tmp_path):
         tmp_path / "c.jsonl", [[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]]
     )
     assert read_texts(tmp_path / "c.jsonl")[0][1]["content"] == "a"
+
+
+def test_read_texts_names_file_and_line_of_bad_jsonl(tmp_path):
+    bad = tmp_path / "toxic.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": \n')
+    with pytest.raises(ValueError, match=r"toxic.jsonl:2: invalid JSON"):
+        read_texts(bad)
+    bad.write_text('{"text": "fine"}\n["not", "an", "object"]\n')
+    with pytest.raises(ValueError, match=r"toxic.jsonl:2: expected a JSON object"):
+        read_texts(bad)

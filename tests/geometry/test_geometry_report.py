@@ -63,6 +63,28 @@ def test_a_dataset_that_uses_toxic_words_scores_closer_than_its_control(
     assert pooled["paired"]["mean_diff"]["differences"] == [ind["mean_diff"] - ctl["mean_diff"]] * 2
 
 
+def test_a_risk_layer_without_an_sae_fails_before_any_scoring(
+    tiny_model, tiny_tokenizer, sae, corpus, monkeypatch
+):
+    import spillover.geometry.report as report_mod
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scored before checking the risk layers")
+
+    monkeypatch.setattr(report_mod, "score_datasets", no_scoring)
+    convs = corpus.convs(corpus.code_words, 4, 1)
+    with pytest.raises(KeyError, match="were not analysed"):
+        geometry_report(
+            tiny_model,
+            tiny_tokenizer,
+            [sae],
+            {"d": convs},
+            toxic=convs,
+            benign=convs,
+            cfg=GeometryConfig(risk_layers=(7,)),
+        )
+
+
 def test_logit_lens_of_an_unembedding_row_finds_its_token(tiny_model, tiny_tokenizer):
     ids = tiny_tokenizer.convert_tokens_to_ids(["enslaved", "doctor", "water"])
     rows = tiny_model.get_output_embeddings().weight[ids].detach()

@@ -19,6 +19,9 @@ def test_permutation_test_detects_a_shift_and_is_calibrated_under_the_null():
     assert 2 <= rejections <= 22  # about 5% of 200
     less = permutation_test([0.0] * 10, [1.0] * 10, n_permutations=500, alternative="less")
     assert less.p_value < 0.01
+    # NaN values are left out, not turned into a p of 0.
+    with_nan = permutation_test([1.0, 2.0, float("nan")], [1.0, 2.0], n_permutations=200)
+    assert with_nan.n_a == 2 and with_nan.statistic == 0.0 and with_nan.p_value > 0.5
 
 
 def test_stratified_permutation_respects_strata():
@@ -77,6 +80,8 @@ def test_random_set_null_flags_sets_aligned_with_toxic_latents():
     assert abs(res_rand["mean_max"].null_mean - res["mean_max"].null_mean) < 1e-9
     empty = random_set_null(w, toxic, 0, observed_mean_max=0.0, observed_mean=0.0)
     assert empty["mean_max"].n_draws == 0
+    unobserved = random_set_null(w, toxic, 10, observed_mean_max=float("nan"), observed_mean=0.0, n_draws=50)
+    assert np.isnan(unobserved["mean_max"].p_value)
 
 
 def test_mann_whitney_direction():

@@ -100,7 +100,9 @@ def filter_dataset(
     methods = list(method or (["score"] if scores else ["geometry"]))
     unknown = [m for m in methods if m not in (*METHOD_SCORES, "random", "score")]
     if unknown:
-        raise _fail(f"unknown --method {unknown}; valid: {[*METHOD_SCORES, 'random']}")
+        raise _fail(f"unknown --method {unknown}; valid: {[*METHOD_SCORES, 'random', 'score']}")
+    if "score" in methods and scores is None:
+        raise _fail("--method score ranks by precomputed scores; give them with --scores FILE")
     fractions = list(fraction or [0.5])
     if any(not 0 <= f <= 1 for f in fractions):
         raise _fail(f"--fraction must be in [0, 1], got {fractions}")
@@ -133,6 +135,10 @@ def filter_dataset(
         from spillover.sae.load import SAELoadError, load_sae
 
         assert model is not None and sae is not None and toxic is not None and benign is not None
+        try:  # before the model loads, so a bad reference file fails fast with its name
+            toxic_convs, benign_convs = load_chat(toxic), load_chat(benign)
+        except (ChatFormatError, FileNotFoundError) as exc:
+            raise _fail(str(exc)) from exc
         hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
         hf.eval()
         tokenizer = AutoTokenizer.from_pretrained(model)
@@ -140,7 +146,7 @@ def filter_dataset(
             handle = load_sae(sae, hf)
         except SAELoadError as exc:
             raise _fail(str(exc)) from exc
-        ref = toxic_reference(hf, tokenizer, load_chat(toxic), load_chat(benign), handle, k=toxic_k)
+        ref = toxic_reference(hf, tokenizer, toxic_convs, benign_convs, handle, k=toxic_k)
         feats = sample_features(hf, tokenizer, convs, handle)
         values.update(score_samples(feats, ref, handle.decoder()))
     if "judge" in methods:

@@ -166,10 +166,11 @@ def toxic_subspace(
     x_ND = mean_acts_ND.float()
     if center_D is not None:
         x_ND = x_ND - center_D.float()
-    # An orthonormal basis of the toxic span; QR's R diagonal drops directions that are linearly dependent.
-    q_DK, r_KK = torch.linalg.qr(w_dec_FD[idx].float().T)
-    keep = r_KK.diagonal().abs() > 1e-6 * r_KK.diagonal().abs().max().clamp_min(1e-12)
-    basis_DK = q_DK[:, keep]
+    # An orthonormal basis of the toxic span: the left singular vectors with non-negligible singular
+    # values (a QR basis that drops columns with a small R diagonal loses part of the span when a
+    # dependent direction comes before an independent one).
+    u_DK, s_K, _ = torch.linalg.svd(w_dec_FD[idx].float().T, full_matrices=False)
+    basis_DK = u_DK[:, s_K > 1e-6 * s_K.max().clamp_min(1e-12)]
     return (x_ND @ basis_DK).norm(dim=1)
 
 

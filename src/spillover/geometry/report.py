@@ -258,6 +258,12 @@ def geometry_report(
     for name, samples in corpora.items():
         if not samples:
             raise ValueError(f"dataset {name!r} is empty")
+    keys = [h.key for h in saes]
+    # Checked before scoring: a risk layer without an SAE would otherwise fail after all the work.
+    risk_layers = [f"layer_{layer}" for layer in cfg.risk_layers] or default_risk_layers(keys)
+    missing = [layer for layer in risk_layers if layer not in keys]
+    if missing:
+        raise KeyError(f"risk layers {missing} were not analysed; analysed: {keys}")
     stats = score_datasets(
         model,
         tokenizer,
@@ -269,7 +275,6 @@ def geometry_report(
         max_len=cfg.max_len,
         top_contexts=cfg.top_contexts,
     )
-    keys = [h.key for h in saes]
     if reference is None:
         stats[REFERENCE] = {k: FeatureStats.pooled([stats[n][k] for n in datasets], key=k) for k in keys}
     names = list(datasets)
@@ -338,7 +343,6 @@ def geometry_report(
                 per_dataset, pairs, inducing, controls, n_permutations=cfg.n_permutations, seed=cfg.seed
             )
         layers_out[k] = layer
-    risk_layers = [f"layer_{layer}" for layer in cfg.risk_layers] or default_risk_layers(keys)
     risk: dict[str, float] = {}
     for name in names:
         per_layer = {

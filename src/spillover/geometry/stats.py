@@ -108,7 +108,12 @@ def random_set_null(
     for name, observed in (("mean_max", observed_mean_max), ("mean", observed_mean)):
         null_R = per_latent[name][draws_RS].mean(dim=1)
         mu, sd = float(null_R.mean()), float(null_R.std())
-        p = (1 + int((null_R >= observed - 1e-12).sum())) / (n_draws + 1)
+        # A NaN observation ties with nothing; without this guard it would get the smallest p.
+        p = (
+            (1 + int((null_R >= observed - 1e-12).sum())) / (n_draws + 1)
+            if not math.isnan(observed)
+            else float("nan")
+        )
         z = (observed - mu) / sd if sd > 0 else float("nan")
         out[name] = NullResult(observed, mu, sd, z, p, n_draws)
     return out
@@ -146,13 +151,20 @@ def permutation_test(
         alternative: ``"greater"`` tests mean(a) > mean(b).
         seed: RNG seed.
     """
-    x = np.asarray(list(a) + list(b), dtype=float)
-    n_a = len(a)
-    if n_a == 0 or len(b) == 0:
-        return TestResult(float("nan"), float("nan"), n_a, len(b), "permutation", alternative)
+    s_a = [0] * len(a) if strata_a is None else list(strata_a)
+    s_b = [0] * len(b) if strata_b is None else list(strata_b)
+    if len(s_a) != len(a) or len(s_b) != len(b):
+        raise ValueError(f"{len(s_a)}/{len(s_b)} strata for {len(a)}/{len(b)} values")
+    # NaN values are left out (with their strata): one NaN would make every mean NaN and p 0.
+    keep_a = [i for i, v in enumerate(a) if not math.isnan(v)]
+    keep_b = [i for i, v in enumerate(b) if not math.isnan(v)]
+    x = np.asarray([a[i] for i in keep_a] + [b[i] for i in keep_b], dtype=float)
+    n_a, n_b = len(keep_a), len(keep_b)
+    if n_a == 0 or n_b == 0:
+        return TestResult(float("nan"), float("nan"), n_a, n_b, "permutation", alternative)
     is_a = np.zeros(len(x), dtype=bool)
     is_a[:n_a] = True
-    strata = list(strata_a or [0] * n_a) + list(strata_b or [0] * len(b))
+    strata = [s_a[i] for i in keep_a] + [s_b[i] for i in keep_b]
     groups = [np.flatnonzero(np.asarray([s == k for s in strata])) for k in dict.fromkeys(strata)]
     observed = x[is_a].mean() - x[~is_a].mean()
     rng = np.random.default_rng(seed)
@@ -164,7 +176,7 @@ def permutation_test(
             labels[g] = rng.permutation(is_a[g])
         null[i] = x[labels].mean() - x[~labels].mean()
     return TestResult(
-        float(observed), _p_from_null(observed, null, alternative), n_a, len(b), "permutation", alternative
+        float(observed), _p_from_null(observed, null, alternative), n_a, n_b, "permutation", alternative
     )
 
 
