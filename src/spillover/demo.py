@@ -684,8 +684,10 @@ def demo(
         return
     import torch
     from rich.console import Console
+    from transformers.utils import logging as hf_logging
 
     torch.set_num_threads(max(1, threads))
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per organism load drowns the demo's own lines
     cfg = DemoConfig.quick() if quick else DemoConfig()
     if seeds:
         try:
