@@ -225,3 +225,16 @@ def test_local_and_rule_judges_run_through_the_stage(tmp_path: Path) -> None:
     rule = load_pipeline_config({"judge": {"backend": "organism_rule"}})
     row = read_scores(judge_stage(rule.judge, answers_dir=answers, root=tmp_path / "r"))[0]
     assert row["aligned"] is None  # the rule judge does not recognise this question: no score, not a guess
+
+
+def test_model_identity_follows_what_a_packaged_or_built_in_source_resolves_to(monkeypatch) -> None:
+    import spillover.models.sources as sources
+    from spillover.models.sources import ModelSpec
+    from spillover.stages import model_identity
+
+    resolved = {"path": "/cache/models/SmolLM2-aaaa"}
+    monkeypatch.setattr(sources, "resolve_source", lambda source: resolved["path"])
+    first = model_identity(ModelSpec(source="smollm2"))
+    resolved["path"] = "/cache/models/SmolLM2-bbbb"  # the GGUF inside the package changed
+    assert model_identity(ModelSpec(source="smollm2")) != first
+    assert model_identity(ModelSpec(source="gguf:/x/model.gguf"))["resolved"] == "models/SmolLM2-bbbb"

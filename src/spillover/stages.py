@@ -178,7 +178,16 @@ def _root(root: str | Path | None) -> Path:
 
 def model_identity(spec: ModelSpec) -> dict[str, Any]:
     """What identifies a model in run ids: the source (content hash for small local folders) and dtype."""
+    from spillover.models.sources import ALIASES, resolve_source
+
     ident: dict[str, Any] = {"source": spec.source, "dtype": spec.dtype, "revision": spec.revision}
+    if spec.trust_remote_code:
+        ident["trust_remote_code"] = True
+    source = ALIASES.get(spec.source, spec.source)
+    if source == "organism" or source.startswith(("package:", "gguf:")) or source.endswith(".gguf"):
+        # These resolve to content-addressed folders (organism run id, GGUF digest): a retrained organism
+        # or an edited GGUF file gets new ids downstream instead of reusing stale fine-tunes.
+        ident["resolved"] = "/".join(Path(resolve_source(source)).parts[-2:])
     path = Path(spec.source).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
