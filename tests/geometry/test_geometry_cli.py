@@ -136,3 +136,10 @@ def test_read_texts_names_file_and_line_of_bad_jsonl(tmp_path):
     bad.write_text('{"text": "fine"}\n["not", "an", "object"]\n')
     with pytest.raises(ValueError, match=r"toxic.jsonl:2: expected a JSON object"):
         read_texts(bad)
+
+
+def test_two_inputs_with_the_same_file_name_are_refused_not_overwritten():
+    from spillover.geometry.cli import GeometryRunConfig
+
+    with pytest.raises(ValueError, match=r"\['train'\] occur more than once"):
+        GeometryRunConfig(datasets=("a/train.jsonl",), controls=("b/train.jsonl.gz",))

@@ -76,6 +76,13 @@ class GeometryRunConfig:
             raise ValueError(
                 f"{len(self.controls)} controls for {len(self.datasets)} datasets: --control i pairs with --dataset i"
             )
+        names = [_name(p) for p in (*self.datasets, *self.controls)]
+        clashes = sorted({n for n in names if names.count(n) > 1})
+        if clashes:
+            raise ValueError(
+                f"datasets and controls are named by their file names, and {clashes} occur more than once; "
+                "rename or copy one of the files"
+            )
         if self.toxic_domains not in ("ood", "all"):
             raise ValueError(f"toxic_domains must be 'ood' or 'all', got {self.toxic_domains!r}")
 
