@@ -80,6 +80,7 @@ def test_real_model_path_end_to_end_through_the_cli(tmp_path, tiny_model, tiny_t
     assert (tmp_path / "out" / "cosine_hist.png").stat().st_size > 0
     assert (tmp_path / "out" / "layer_curves.png").stat().st_size > 0
     assert "insecure" in result.output
+    assert result.output.count("spillover geometry") == 1  # the summary table is printed once
     # A rerun reuses the finished run folder.
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0

@@ -15,6 +15,7 @@ chat JSONL (assistant answers are read) or plain text (``.txt``, one sample per 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import logging
 import shutil
@@ -286,7 +287,7 @@ def _summary(report: dict[str, Any]) -> str:
         risk = report["risk"]["scores"].get(name)
         row.append(f"{risk:.3f}" if risk is not None else "-")
         table.add_row(*row)
-    console = Console(record=True, width=200)
+    console = Console(record=True, width=200, file=io.StringIO())  # rendered here, printed by the caller
     console.print(table)
     for key in layers:
         comp = report["layers"][key].get("comparison")
