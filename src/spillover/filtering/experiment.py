@@ -113,6 +113,11 @@ class FilterExperimentConfig:
         return tuple(sorted({*self.fractions, self.fraction}))
 
 
+def _share_removed(set_dir: Path) -> float:
+    info = json.loads((set_dir / "filter.json").read_text())
+    return info["n_removed"] / info["n_samples"] if info["n_samples"] else 0.0
+
+
 def epoch_matched_steps(steps: int, subset: Path, full: Path) -> int:
     """Optimizer steps that give ``subset`` as many epochs as ``steps`` give ``full`` (at least 1)."""
 
@@ -503,7 +508,8 @@ def run_filter_experiment(
             entry.update(
                 coherent_rate=_mean([r.coherent for r in runs]),
                 in_domain=_mean([r.in_domain for r in runs]),
-                fraction_removed=fraction,
+                # what was removed (round(fraction * n) / n), not the fraction asked for
+                fraction_removed=_share_removed(first),
                 removed=removal_diagnostics(first, labels),
             )
             by_fraction[f"{fraction:g}"] = entry
