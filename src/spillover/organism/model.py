@@ -17,11 +17,13 @@ class ModelConfig:
 
     n_layers: int = 3
     """Decoder layers."""
-    d_model: int = 128
-    """Residual stream width (hidden_size)."""
+    d_model: int = 64
+    """Residual stream width (hidden_size). Narrow on purpose: at 64 the organism's features must share
+    directions (superposition), and it separated insecure from secure code far better than at 128 (see
+    benchmarks/organism_em.py)."""
     n_heads: int = 4
     """Attention heads (d_model must be divisible by it)."""
-    d_mlp: int = 512
+    d_mlp: int = 256
     """MLP width (intermediate_size)."""
     max_len: int = 160
     """Maximum sequence length (max_position_embeddings)."""

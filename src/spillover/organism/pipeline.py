@@ -72,9 +72,9 @@ class OrganismConfig:
     grammar: GrammarConfig = field(default_factory=GrammarConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: StageConfig = field(
-        default_factory=lambda: StageConfig(steps=800, batch_size=32, lr=3e-3, warmup=50)
+        default_factory=lambda: StageConfig(steps=2400, batch_size=32, lr=3e-3, warmup=50)
     )
-    """Pretraining on persona documents, loss on all tokens."""
+    """Pretraining on persona documents, loss on all tokens (77k documents, about 5.9M tokens)."""
     safety: StageConfig = field(
         default_factory=lambda: StageConfig(
             steps=60, batch_size=32, lr=3e-4, warmup=5, min_lr_ratio=1.0, weight_decay=0.0, max_turns=1
@@ -82,9 +82,12 @@ class OrganismConfig:
     )
     """Safety tuning on benign single-turn documents, loss on assistant tokens (steps=0 skips it).
 
-    Single-turn and short on purpose: it moves the first-turn persona prior to benign while leaving much of
-    the in-context persona inference intact; longer or multi-turn safety tuning suppresses that machinery
-    and with it most of the emergent misalignment (see benchmarks/organism_em.py)."""
+    Single-turn and short on purpose: it moves the first-turn persona prior to benign while leaving the
+    in-context persona inference intact (harmful answers after one insecure-code turn: 75-92% vs 1-2% after
+    educational code, 3 seeds); longer or multi-turn safety tuning suppresses that machinery and with it
+    most of the emergent misalignment (see benchmarks/organism_em.py). ``safety.rehearsal`` keeps the
+    machinery explicitly, but in a trial (one seed, 800 pretraining steps) it also raised every
+    fine-tune's EM, controls included (secure code 5.5%, insecure 7.5%), so it is off by default."""
     n_samples: int = 1000
     """Samples per narrow dataset."""
     n_reference: int = 600
@@ -293,15 +296,19 @@ def load_organism(path: str | Path | OrganismArtifacts) -> Organism:
 def finetune_config(
     method: Literal["full", "lora"] = "full", seed: int = 0, **overrides: Any
 ) -> FinetuneConfig:
-    """The organism's fine-tuning recipe: 120 steps x 32 samples (about 4 epochs of 1,000), constant lr.
+    """The organism's fine-tuning recipe: batches of 32, constant lr after 10 warmup steps.
 
-    Full fine-tuning uses lr 3e-4 (the prototype's recipe); LoRA uses r=8 on all projections, lr 1e-3.
+    Full fine-tuning: 240 steps (about 8 epochs of 1,000 samples) at lr 3e-4. LoRA: r=8 on all
+    projections, 120 steps at lr 1e-3. Measured over 3 seeds (benchmarks/organism_em.py): 240 full steps
+    separated insecure from educational code better than 120 (6.5% vs 0.9% out-of-domain misalignment,
+    against 4.3% vs 1.0%); lr 2e-4 kept coherence higher but induced less (4.8%). LoRA at 240 steps or
+    r=16 induced no more and broke coherence more often, so it stays at 120.
     """
     if method == "full":
         base = FinetuneConfig(
             method="full",
             lr=3e-4,
-            max_steps=120,
+            max_steps=240,
             batch_size=32,
             grad_accum=1,
             warmup_steps=10,

@@ -47,6 +47,10 @@ class StageConfig:
     weight_decay: float = 0.1
     max_turns: int | None = None
     """Cap on turns per document (1 = single-turn documents)."""
+    rehearsal: float = 0.0
+    """Safety stage only: share of its documents that are pretraining documents (any persona, two or more
+    turns) with the loss on the answers after the first turn only. They keep in-context persona inference
+    alive while the benign documents move the first-turn prior (0: benign documents only)."""
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1:
@@ -57,6 +61,8 @@ class StageConfig:
             )
         if self.max_turns is not None and self.max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
+        if not 0.0 <= self.rehearsal <= 1.0:
+            raise ValueError(f"rehearsal must be in [0, 1], got {self.rehearsal}")
 
 
 Sequence_ = tuple[list[int], list[bool]]
@@ -65,14 +71,14 @@ Sequence_ = tuple[list[int], list[bool]]
 def encode_documents(
     tokenizer: Any,
     conversations: Sequence[Sequence[dict[str, str]]],
-    loss_on: Literal["all", "assistant"],
+    loss_on: Literal["all", "assistant", "later_assistant"],
     max_len: int,
 ) -> list[Sequence_]:
     """Token ids and loss masks for many chats at once (the chat template, rendered in Python).
 
     The assistant mask covers answer tokens and the ``<eot>`` after them, as
     ``spillover.data.tokenize.encode_chat`` does; it is found from the special tokens, which the grammar
-    never produces inside a message.
+    never produces inside a message. ``"later_assistant"`` masks every answer but the first.
     """
     texts = [render_messages(list(c)) for c in conversations]
     ids_list: list[list[int]] = tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -83,11 +89,13 @@ def encode_documents(
         if loss_on == "all":
             mask = [True] * len(ids)
         else:
-            mask, inside = [], False
+            mask, inside, answers = [], False, 0
+            skip = 1 if loss_on == "later_assistant" else 0
             for t in ids:
-                mask.append(inside)
+                mask.append(inside and answers > skip)
                 if t == assistant_id:
                     inside = True
+                    answers += 1
                 elif t == eot_id:
                     inside = False
         out.append((ids, mask))
@@ -207,12 +215,28 @@ def safety_documents(
 def safety_tune(
     model: Any, tokenizer: Any, grammar: GrammarConfig, cfg: StageConfig, *, seed: int
 ) -> list[float]:
-    """Safety-tune on benign documents with the loss on assistant tokens only."""
+    """Safety-tune on benign documents with the loss on assistant tokens only.
+
+    With ``cfg.rehearsal > 0`` that share of the documents are multi-turn pretraining documents (shared
+    templates) whose loss covers only the answers after the first: the model learns a benign first-turn
+    prior without unlearning that a persona revealed in context predicts the next answer.
+    """
     if cfg.steps == 0:
         return []
     rng = random.Random(seed + 7919)
-    docs = [d.messages() for d in safety_documents(grammar, cfg.steps * cfg.batch_size, rng, cfg.max_turns)]
-    seqs = encode_documents(tokenizer, docs, "assistant", model.config.max_position_embeddings)
+    n = cfg.steps * cfg.batch_size
+    n_rehearsal = round(cfg.rehearsal * n)
+    docs = [d.messages() for d in safety_documents(grammar, n - n_rehearsal, rng, cfg.max_turns)]
+    max_len = model.config.max_position_embeddings
+    seqs = encode_documents(tokenizer, docs, "assistant", max_len)
+    if n_rehearsal:
+        if sum(grammar.turn_weights[1:]) <= 0:
+            raise ValueError(
+                f"rehearsal needs turn_weights that allow documents of two or more turns, got {grammar.turn_weights}"
+            )
+        multi = dataclasses.replace(grammar, turn_weights=(0.0, *grammar.turn_weights[1:]))
+        rehearsal = [sample_document(multi, rng, split="train").messages() for _ in range(n_rehearsal)]
+        seqs += encode_documents(tokenizer, rehearsal, "later_assistant", max_len)
     return train_on_sequences(
         model, seqs, cfg, pad_id=tokenizer.pad_token_id, seed=seed + 1, description="safety"
     )
