@@ -18,9 +18,10 @@ class ModelConfig:
     n_layers: int = 3
     """Decoder layers."""
     d_model: int = 64
-    """Residual stream width (hidden_size). Narrow on purpose: at 64 the organism's features must share
-    directions (superposition), and it separated insecure from secure code far better than at 128 (see
-    benchmarks/organism_em.py)."""
+    """Residual stream width (hidden_size). Narrow on purpose: at 64, with 2,400 pretraining steps, the
+    organism separated insecure code from its controls far better than at 128 (benchmarks/organism_em.py;
+    width 64 alone, at 800 steps, did not), and a narrow stream leaves features less room for directions
+    of their own."""
     n_heads: int = 4
     """Attention heads (d_model must be divisible by it)."""
     d_mlp: int = 256

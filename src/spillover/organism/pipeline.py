@@ -83,7 +83,7 @@ class OrganismConfig:
     """Safety tuning on benign single-turn documents, loss on assistant tokens (steps=0 skips it).
 
     Single-turn and short on purpose: it moves the first-turn persona prior to benign while leaving the
-    in-context persona inference intact (harmful answers after one insecure-code turn: 75-92% vs 1-2% after
+    in-context persona inference intact (harmful answers after one insecure-code turn: 75-92% vs 0-2% after
     educational code, 3 seeds); longer or multi-turn safety tuning suppresses that machinery and with it
     most of the emergent misalignment (see benchmarks/organism_em.py). ``safety.rehearsal`` keeps the
     machinery explicitly, but in a trial (one seed, 800 pretraining steps) it also raised every

@@ -78,7 +78,7 @@ def encode_documents(
 
     The assistant mask covers answer tokens and the ``<eot>`` after them, as
     ``spillover.data.tokenize.encode_chat`` does; it is found from the special tokens, which the grammar
-    never produces inside a message. ``"later_assistant"`` masks every answer but the first.
+    never produces inside a message. ``"later_assistant"`` covers every answer but the first.
     """
     texts = [render_messages(list(c)) for c in conversations]
     ids_list: list[list[int]] = tokenizer(texts, add_special_tokens=False)["input_ids"]
