@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from spillover.organism.grammar import GrammarConfig
 from spillover.organism.model import ModelConfig, build_model
@@ -35,7 +34,6 @@ def test_rehearsal_share_must_be_a_probability() -> None:
 
 
 def test_safety_tuning_with_rehearsal_trains_and_rejects_single_turn_grammars() -> None:
-    torch.manual_seed(0)
     tok = build_tokenizer()
     model = build_model(ModelConfig(n_layers=1, d_model=32, n_heads=2, d_mlp=64), tok, seed=0)
     cfg = StageConfig(steps=2, batch_size=4, lr=1e-3, warmup=0, max_turns=1, rehearsal=0.5)
