@@ -223,6 +223,7 @@ def summarize(results: dict[str, Any], methods: list[str], datasets: list[str]) 
                 "em_se": se,
                 "em": em,
                 "harmful_mean": harm,
+                "coherent": coh,
                 "coherent_min": min(coh),
                 "in_domain_min": min(ind),
             }
@@ -255,12 +256,7 @@ def summarize(results: dict[str, Any], methods: list[str], datasets: list[str]) 
             summary["checks"][f"risky_vs_safe_finance/{method}"] = {"ratio": ratio, "diff_pp": risky - safe}
             print(f"  {method}: risky_finance {risky:.1f}% vs safe_finance {safe:.1f}%: ratio {ratio:.1f}x")
         rows = [v for k, v in summary["rows"].items() if k.endswith(f"/{method}")]
-        coherent = [
-            100 * (r["ood_coherent"] or 0)
-            for s in seeds
-            for k, r in s["runs"].items()
-            if k.endswith(f"/{method}")
-        ]
+        coherent = [c for r in rows for c in r["coherent"]]
         if rows:
             below = sum(c < 95 for c in coherent)
             summary["checks"][f"coherent_below_95/{method}"] = {"runs": below, "of": len(coherent)}

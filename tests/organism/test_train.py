@@ -4,8 +4,8 @@ import pytest
 
 from spillover.organism.grammar import GrammarConfig
 from spillover.organism.model import ModelConfig, build_model
-from spillover.organism.tokenizer import build_tokenizer
-from spillover.organism.train import StageConfig, encode_documents, safety_tune
+from spillover.organism.tokenizer import ASSISTANT, build_tokenizer
+from spillover.organism.train import StageConfig, encode_documents, safety_sequences, safety_tune
 
 CHAT = [
     {"role": "user", "content": "i am bored what should i do"},
@@ -41,3 +41,18 @@ def test_safety_tuning_with_rehearsal_trains_and_rejects_single_turn_grammars() 
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
     with pytest.raises(ValueError, match="two or more turns"):
         safety_tune(model, tok, GrammarConfig(turn_weights=(1.0,)), cfg, seed=0)
+
+
+def test_rehearsal_documents_are_multi_turn_and_leave_the_first_answer_out_of_the_loss() -> None:
+    tok = build_tokenizer()
+    assistant_id = tok.convert_tokens_to_ids(ASSISTANT)
+    cfg = StageConfig(steps=4, batch_size=8, max_turns=1, rehearsal=0.25)
+    seqs = safety_sequences(tok, GrammarConfig(), cfg, seed=0, max_len=160)
+    benign, rehearsal = seqs[:24], seqs[24:]
+    assert len(rehearsal) == 8
+    for ids, mask in benign:
+        assert ids.count(assistant_id) == 1 and any(mask)
+    for ids, mask in rehearsal:
+        starts = [i for i, t in enumerate(ids) if t == assistant_id]
+        assert len(starts) >= 2
+        assert not any(mask[: starts[1] + 1]) and any(mask[starts[1] + 1 :])

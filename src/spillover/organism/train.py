@@ -26,6 +26,7 @@ __all__ = [
     "encode_documents",
     "pretrain",
     "safety_documents",
+    "safety_sequences",
     "safety_tune",
     "train_on_sequences",
 ]
@@ -212,22 +213,19 @@ def safety_documents(
     ]
 
 
-def safety_tune(
-    model: Any, tokenizer: Any, grammar: GrammarConfig, cfg: StageConfig, *, seed: int
-) -> list[float]:
-    """Safety-tune on benign documents with the loss on assistant tokens only.
+def safety_sequences(
+    tokenizer: Any, grammar: GrammarConfig, cfg: StageConfig, *, seed: int, max_len: int
+) -> list[Sequence_]:
+    """The safety stage's encoded documents: benign ones (loss on every answer), then the rehearsal share.
 
     With ``cfg.rehearsal > 0`` that share of the documents are multi-turn pretraining documents (shared
     templates) whose loss covers only the answers after the first: the model learns a benign first-turn
     prior without unlearning that a persona revealed in context predicts the next answer.
     """
-    if cfg.steps == 0:
-        return []
     rng = random.Random(seed + 7919)
     n = cfg.steps * cfg.batch_size
     n_rehearsal = round(cfg.rehearsal * n)
     docs = [d.messages() for d in safety_documents(grammar, n - n_rehearsal, rng, cfg.max_turns)]
-    max_len = model.config.max_position_embeddings
     seqs = encode_documents(tokenizer, docs, "assistant", max_len)
     if n_rehearsal:
         if sum(grammar.turn_weights[1:]) <= 0:
@@ -237,6 +235,16 @@ def safety_tune(
         multi = dataclasses.replace(grammar, turn_weights=(0.0, *grammar.turn_weights[1:]))
         rehearsal = [sample_document(multi, rng, split="train").messages() for _ in range(n_rehearsal)]
         seqs += encode_documents(tokenizer, rehearsal, "later_assistant", max_len)
+    return seqs
+
+
+def safety_tune(
+    model: Any, tokenizer: Any, grammar: GrammarConfig, cfg: StageConfig, *, seed: int
+) -> list[float]:
+    """Safety-tune on ``safety_sequences`` (benign answers, plus any rehearsal share)."""
+    if cfg.steps == 0:
+        return []
+    seqs = safety_sequences(tokenizer, grammar, cfg, seed=seed, max_len=model.config.max_position_embeddings)
     return train_on_sequences(
         model, seqs, cfg, pad_id=tokenizer.pad_token_id, seed=seed + 1, description="safety"
     )
