@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 
 from spillover.data.chat import load_chat
@@ -19,7 +21,9 @@ from spillover.organism import (
     load_organism,
     train_organism,
 )
-from spillover.organism.tokenizer import render_messages
+from spillover.organism.model import ModelConfig, build_model
+from spillover.organism.tokenizer import build_tokenizer, render_messages
+from spillover.organism.train import StageConfig
 
 
 def test_artifacts_are_complete(quick_organism: OrganismArtifacts) -> None:
@@ -90,3 +94,33 @@ def test_the_organism_model_source_loads_the_trained_organism(quick_organism, mo
     ids = reference.tokenizer("<user> hello <assistant>", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.equal(loaded.model(ids).logits, reference.model(ids).logits)
+
+
+def test_attention_dropout_trains_the_organism_but_is_not_saved(tmp_path: Path) -> None:
+    quick = OrganismConfig.quick(seed=0)
+    model_cfg = replace(quick.model, n_layers=1, attention_dropout=0.5)
+    model = build_model(model_cfg, build_tokenizer(), seed=0)
+    model.train()
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    # Active while training: two forward passes differ; off in eval mode.
+    assert not torch.allclose(model(ids).logits, model(ids).logits)
+    model.eval()
+    assert torch.allclose(model(ids).logits, model(ids).logits)
+
+    cfg = replace(
+        quick,
+        model=model_cfg,
+        pretrain=replace(quick.pretrain, steps=2, warmup=0),
+        safety=StageConfig(steps=1, batch_size=4, lr=1e-3, warmup=0, max_turns=1),
+        n_samples=4,
+        n_reference=4,
+        n_eval=2,
+    )
+    art = train_organism(cfg, root=tmp_path)
+    for folder in (art.model_dir, art.pretrained_dir):
+        assert json.loads((folder / "config.json").read_text())["attention_dropout"] == 0.0
+
+
+def test_attention_dropout_must_be_a_probability() -> None:
+    with pytest.raises(ValueError, match="attention_dropout"):
+        ModelConfig(attention_dropout=1.0)

@@ -30,10 +30,21 @@ class ModelConfig:
     """Maximum sequence length (max_position_embeddings)."""
     init_std: float = 0.02
     """Initializer range."""
+    attention_dropout: float = 0.0
+    """Dropout on attention probabilities while the organism is pretrained and safety-tuned. A regularizer
+    of the organism only: the saved model has 0, so fine-tunes and evaluations run without it.
+
+    Off by default. At 0.1 (3 seeds, the default fine-tuning recipes) fine-tunes on the four code datasets
+    stayed coherent far more often (full 97-100% against 85-99% without dropout; LoRA 91-100% against
+    84-99%) and LoRA separated insecure from educational code more clearly (8.4% vs 1.3%), but full
+    fine-tuning separated it less (4.2% vs 1.1%; without dropout 6.5% vs 0.9%), and pretraining took
+    about 15% longer."""
 
     def __post_init__(self) -> None:
         if self.n_layers < 1 or self.d_model < 1 or self.d_mlp < 1 or self.max_len < 8:
             raise ValueError(f"invalid model shape: {self}")
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"attention_dropout must be in [0, 1), got {self.attention_dropout}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
 
@@ -49,6 +60,7 @@ def llama_config(cfg: ModelConfig, tokenizer: Any) -> LlamaConfig:
         num_key_value_heads=cfg.n_heads,
         max_position_embeddings=cfg.max_len,
         initializer_range=cfg.init_std,
+        attention_dropout=cfg.attention_dropout,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -192,6 +192,17 @@ def _data_stage_config(cfg: OrganismConfig) -> dict[str, Any]:
     }
 
 
+def _save(model: Any, tokenizer: Any, path: Path) -> None:
+    """Save with ``attention_dropout`` 0: the organism's dropout is a regularizer of its own training only."""
+    dropout = model.config.attention_dropout
+    model.config.attention_dropout = 0.0
+    try:
+        model.save_pretrained(path)
+    finally:
+        model.config.attention_dropout = dropout
+    tokenizer.save_pretrained(path)
+
+
 def _train_model(cfg: OrganismConfig, out: Path) -> None:
     tokenizer = build_tokenizer()
     model = build_model(cfg.model, tokenizer, cfg.seed)
@@ -201,14 +212,12 @@ def _train_model(cfg: OrganismConfig, out: Path) -> None:
     timings["pretrain_s"] = time.perf_counter() - t0
     # CPU time of this process: close to the wall time on an idle machine (per thread), shows contention.
     timings["pretrain_cpu_s"] = time.process_time() - c0
-    model.save_pretrained(out / "pretrained")
-    tokenizer.save_pretrained(out / "pretrained")
+    _save(model, tokenizer, out / "pretrained")
     t0, c0 = time.perf_counter(), time.process_time()
     safety_losses = safety_tune(model, tokenizer, cfg.grammar, cfg.safety, seed=cfg.seed)
     timings["safety_s"] = time.perf_counter() - t0
     timings["safety_cpu_s"] = time.process_time() - c0
-    model.save_pretrained(out / "model")
-    tokenizer.save_pretrained(out / "model")
+    _save(model, tokenizer, out / "model")
     n_params = sum(p.numel() for p in model.parameters())
     log_ = {
         "timings": timings,
