@@ -96,6 +96,10 @@ def test_tiny_demo_resumes_after_interruption_then_reuses_every_stage(tmp_path, 
     summary = run_demo(tiny_demo(), tmp_path / "out", root=root)
     assert calls == []
     _check_summary(summary, tmp_path / "out")
+    # The dynamics stage keeps its per-checkpoint journal; the resumable copy beside it is gone.
+    dynamics_stage = next(root.glob("dynamics/*/.complete")).parent
+    assert len((dynamics_stage / "points.jsonl").read_text().splitlines()) == 3
+    assert not list((root / "dynamics").glob(".*.points.jsonl"))
     print_summary(summary)
     assert "Filtering insecure_mixed" in capsys.readouterr().out
 

@@ -95,6 +95,66 @@ def test_measure_checkpoints_reads_each_checkpoint(tmp_path, tiny_model, tiny_to
     assert len(seen) == 2
 
 
+def test_measure_checkpoints_resumes_from_its_journal(tmp_path, tiny_model, tiny_tokenizer):
+    sae_dir = _sae_dir(tiny_model, tmp_path / "sae")
+    folders = []
+    for step in (0, 5, 10):
+        folder = tmp_path / f"step-{step}"
+        tiny_model.save_pretrained(folder)
+        tiny_tokenizer.save_pretrained(folder)
+        folders.append((step, folder))
+    prompts = [[{"role": "user", "content": "hello there"}]]
+    journal = tmp_path / "journal.jsonl"
+    calls = []
+
+    def fails_at_step_10(model, tok):
+        calls.append(1)
+        if len(calls) == 3:
+            raise TimeoutError("judge timed out")
+        return 0.25
+
+    with pytest.raises(TimeoutError):
+        measure_checkpoints(
+            folders, sae_dir, torch.tensor([0, 1]), prompts, fails_at_step_10, journal=journal
+        )
+    assert len(journal.read_text().splitlines()) == 2
+    journal.write_text(journal.read_text() + '{"key": "", "step": 10, "fol')  # a torn line from a crash
+
+    resumed = []
+    points = measure_checkpoints(
+        folders,
+        sae_dir,
+        torch.tensor([0, 1]),
+        prompts,
+        lambda model, tok: resumed.append(1) or 0.5,
+        journal=journal,
+    )
+    assert len(resumed) == 1  # only step 10 is measured again
+    assert [p.step for p in points] == [0, 5, 10]
+    assert [p.misaligned_rate for p in points] == [0.25, 0.25, 0.5]
+    again = measure_checkpoints(
+        folders,
+        sae_dir,
+        torch.tensor([0, 1]),
+        prompts,
+        lambda m, t: resumed.append(1) or 0.9,
+        journal=journal,
+    )
+    assert again == points and len(resumed) == 1  # everything read back, step 10 despite the torn line
+    # Another key in the same journal is measured from scratch.
+    other = []
+    measure_checkpoints(
+        folders[:1],
+        sae_dir,
+        torch.tensor([0, 1]),
+        prompts,
+        lambda m, t: other.append(1) or 0.0,
+        journal=journal,
+        key="seed1",
+    )
+    assert len(other) == 1
+
+
 def test_dynamics_config_validates():
     with pytest.raises(ValueError):
         DynamicsConfig(checkpoint_every=0)

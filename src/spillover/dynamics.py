@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -139,6 +140,8 @@ def measure_checkpoints(
     *,
     base: Path | None = None,
     tokens: Literal["user", "all", "assistant"] = "user",
+    journal: Path | None = None,
+    key: str = "",
 ) -> list[DynamicsPoint]:
     """Measure toxic activation and the misaligned rate at each checkpoint.
 
@@ -150,19 +153,59 @@ def measure_checkpoints(
         misaligned: ``f(model, tokenizer) -> rate`` (e.g. an EM evaluation).
         base: base model folder, for LoRA adapter checkpoints.
         tokens: which prompt tokens are read.
+        journal: a JSONL file that keeps every finished point (appended as it is measured); points already
+            in it, for the same ``key`` and checkpoint folder, are read back instead of measured again, so a
+            run that fails at one checkpoint resumes after the last finished one. The caller must use a
+            journal only for one configuration (e.g. name it by the stage's run id).
+        key: tells runs apart within one journal (e.g. the fine-tuning seed).
     """
     from spillover.progress import track
     from spillover.sae.load import load_sae
 
+    done = _read_journal(journal, key) if journal is not None else {}
     points: list[DynamicsPoint] = []
     for step, folder in track(list(checkpoints), "dynamics"):
+        if (step, str(folder)) in done:
+            points.append(done[step, str(folder)])
+            continue
         model, tokenizer = load_checkpoint(folder, base)
         sae = load_sae(sae_dir, model)
         tox = toxic_activation_on(model, tokenizer, prompts, sae, toxic_idx, tokens=tokens)
         rate = misaligned(model, tokenizer)
         log.info("step %d: toxic activation %.4f, misaligned %s", step, tox, rate)
-        points.append(DynamicsPoint(step, tox, rate))
+        point = DynamicsPoint(step, tox, rate)
+        points.append(point)
+        if journal is not None:
+            _append_journal(journal, {"key": key, "folder": str(folder), **point._asdict()})
     return points
+
+
+def _append_journal(journal: Path, record: dict[str, Any]) -> None:
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    with journal.open("a+b") as f:  # appends always go to the end, wherever we read
+        size = f.seek(0, 2)
+        torn = False
+        if size:
+            f.seek(size - 1)
+            torn = f.read(1) != b"\n"  # a crash mid-write left half a line: start a new one
+        f.write((b"\n" if torn else b"") + json.dumps(record).encode() + b"\n")
+
+
+def _read_journal(journal: Path, key: str) -> dict[tuple[int, str], DynamicsPoint]:
+    """Finished points in ``journal`` for ``key``; a torn last line (a crash mid-write) is ignored."""
+    out: dict[tuple[int, str], DynamicsPoint] = {}
+    if not journal.is_file():
+        return out
+    for line in journal.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("key") == key:
+            out[rec["step"], rec["folder"]] = DynamicsPoint(
+                rec["step"], rec["toxic_activation"], rec["misaligned_rate"]
+            )
+    return out
 
 
 def summarize_dynamics(runs: Sequence[Sequence[DynamicsPoint]], dataset: str = "") -> dict[str, Any]:
@@ -213,6 +256,10 @@ def organism_dynamics(
 ) -> Path:
     """Fine-tune the organism with checkpoints and measure each (cached stage with ``dynamics.json``).
 
+    Resumable: each finished checkpoint's measurement is journaled beside the stage folder, so a run that
+    fails (a judge timeout, an interrupt) measures only the rest when called again; the journal ends up in
+    the finished stage as ``points.jsonl``.
+
     Args:
         art: ``spillover.organism.OrganismArtifacts``.
         sae_dir: the base organism's SAE (SAELens folder).
@@ -222,7 +269,7 @@ def organism_dynamics(
         root: run root.
     """
     from spillover.organism.pipeline import finetune_config, finetune_organism
-    from spillover.pipeline.rundir import run_stage
+    from spillover.pipeline.rundir import default_root, run_id, run_stage
 
     toxic = toxic or art.data_dir / "reference" / "toxic.jsonl"
     benign = benign or art.data_dir / "reference" / "benign.jsonl"
@@ -232,6 +279,12 @@ def organism_dynamics(
         if cfg.finetune_steps is not None:
             ft_cfg = replace(ft_cfg, max_steps=cfg.finetune_steps)
         ft_dirs[seed] = finetune_organism(art, cfg.dataset, cfg.finetune_method, ft_cfg, root=root)
+
+    inputs: dict[str, Any] = {"sae": sae_dir, "toxic": toxic, "benign": benign, "model": art.run_dir}
+    inputs.update({f"finetune_seed{s}": d for s, d in ft_dirs.items()})
+    # Finished checkpoints outlive a failed run: they are journaled beside the stage folder, by its id.
+    root_path = Path(root) if root is not None else default_root()
+    journal = root_path / "dynamics" / f".{run_id('dynamics', cfg, inputs)}.points.jsonl"
 
     def fn(out: Path) -> None:
         from spillover.data.chat import load_chat
@@ -270,14 +323,23 @@ def organism_dynamics(
             series = [(0, art.model_dir), *ckpts, (n_steps, final)]
             runs.append(
                 measure_checkpoints(
-                    series, sae_dir, ref.toxic_idx, prompts, rate, base=art.model_dir, tokens=cfg.tokens
+                    series,
+                    sae_dir,
+                    ref.toxic_idx,
+                    prompts,
+                    rate,
+                    base=art.model_dir,
+                    tokens=cfg.tokens,
+                    journal=journal,
+                    key=f"seed{seed}",
                 )
             )
         summary = summarize_dynamics(runs, cfg.dataset)
         summary["toxic_idx"] = ref.toxic_idx.tolist()
         summary["tokens"] = cfg.tokens
         (out / "dynamics.json").write_text(json.dumps(summary, indent=1))
+        shutil.copy(journal, out / "points.jsonl")
 
-    inputs: dict[str, Any] = {"sae": sae_dir, "toxic": toxic, "benign": benign, "model": art.run_dir}
-    inputs.update({f"finetune_seed{s}": d for s, d in ft_dirs.items()})
-    return run_stage("dynamics", cfg, fn, root=root, inputs=inputs)
+    stage = run_stage("dynamics", cfg, fn, root=root, inputs=inputs)
+    journal.unlink(missing_ok=True)
+    return stage
