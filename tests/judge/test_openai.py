@@ -152,6 +152,9 @@ def test_config_refuses_credentials_in_the_url_and_bad_values() -> None:
         OpenAIJudgeConfig(top_logprobs=25)
     assert OpenAIJudgeConfig(base_url="http://h/v1/").url == "http://h/v1/chat/completions"
     assert OpenAIJudgeConfig(model="a").namespace != OpenAIJudgeConfig(model="b").namespace
+    mock = OpenAIJudgeConfig(model="a", base_url="http://127.0.0.1:8000/v1")
+    assert mock.namespace != OpenAIJudgeConfig(model="a").namespace
+    assert mock.namespace == OpenAIJudgeConfig(model="a", base_url="http://127.0.0.1:8000/v1/").namespace
 
 
 def test_parse_rejects_bodies_without_logprobs() -> None:

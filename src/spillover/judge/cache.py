@@ -4,7 +4,8 @@ One SQLite file holds every finished call, keyed by (judge identity, prompt-temp
 answer) and committed one result at a time (WAL journal): killing the process loses only the calls
 still in flight. Only successful calls are stored; failures are retried on the next run.
 
-The cache never holds credentials: the judge identity is a model name and request parameters.
+The cache never holds credentials: the judge identity is the endpoint URL (refused if it carries a
+credential), a model name and request parameters.
 """
 
 from __future__ import annotations

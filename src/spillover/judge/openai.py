@@ -132,8 +132,13 @@ class OpenAIJudgeConfig:
 
     @property
     def namespace(self) -> str:
-        """The judge identity in cache keys: model plus the request parameters that change outputs."""
+        """The judge identity in cache keys: endpoint, model and the request parameters that change outputs.
+
+        The endpoint is part of it because a name says little about what serves it: a local server (or
+        ``spillover judge mock``) answering as ``gpt-4o`` must not fill the cache a real API run would read.
+        """
         params = {
+            "url": self.url,
             "top_logprobs": self.top_logprobs,
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
