@@ -47,6 +47,22 @@ def test_sign_flip_is_exact():
     assert np.isnan(sign_flip_test([]).p_value)
 
 
+def test_exact_sign_flip_matches_brute_force_and_handles_20_pairs():
+    import itertools
+
+    d = np.random.default_rng(1).normal(0.2, 1.0, size=7)
+    null = [np.mean(np.array(s) * d) for s in itertools.product((1.0, -1.0), repeat=7)]
+    for alt, hits in (
+        ("greater", sum(v >= d.mean() - 1e-12 for v in null)),
+        ("less", sum(v <= d.mean() + 1e-12 for v in null)),
+        ("two-sided", sum(abs(v) >= abs(d.mean()) - 1e-12 for v in null)),
+    ):
+        assert sign_flip_test(list(d), alternative=alt).p_value == pytest.approx(hits / 128)
+    # 20 pairs, all positive: only the observed pattern is as extreme (2^20 patterns, enumerated).
+    res = sign_flip_test([1.0 + 0.01 * i for i in range(20)])
+    assert res.method == "sign-flip (exact)" and res.p_value == pytest.approx(2.0**-20)
+
+
 def test_random_set_null_flags_sets_aligned_with_toxic_latents():
     gen = torch.Generator().manual_seed(0)
     d_in, d_sae = 64, 400
