@@ -2,7 +2,8 @@
 features reduce EM more than random removal (the paper: 34.5% relative at 50% removal)?
 
     .venv/bin/python benchmarks/filtering_organism.py --seeds 0,1,2 [--organism-seeds 0] \\
-        [--dataset insecure_mixed] [--fractions 0.5] [--n-eval 250] [--root DIR] [--out results.json]
+        [--dataset insecure_mixed] [--fractions 0.5] [--n-eval 250] [--root DIR] [--out results.json] \\
+        [--finetune-method lora] [--set model.attention_dropout=0.1]
 
 For each organism seed: train (or reuse) the organism and its SAEs with the demo's configs, then for
 every method (four geometry scores, the rule judge, random removal) fine-tune on the filtered set with
@@ -96,6 +97,10 @@ def main() -> None:
         choices=("steps", "epochs"),
         help="equal steps or equal epochs per run",
     )
+    parser.add_argument("--finetune-method", default="full", choices=("full", "lora"))
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="OrganismConfig override, e.g. seed=1."
+    )
     parser.add_argument("--n-eval", type=int, default=250, help="answers per evaluation domain")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--root", type=Path, default=None, help="run cache (default $SPILLOVER_HOME/runs)")
@@ -106,12 +111,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("SPILLOVER_QUIET", "1")
     logging.basicConfig(level=logging.WARNING)
+    from spillover.config import load_config, to_dict
     from spillover.demo import DemoConfig, organism_corpora
     from spillover.filtering.experiment import FilterExperimentConfig, run_filter_experiment
     from spillover.geometry.organism import train_organism_saes
     from spillover.geometry.risk import default_risk_layers
     from spillover.organism.evaluate import OOD_DOMAINS, EvalConfig
-    from spillover.organism.pipeline import train_organism
+    from spillover.organism.pipeline import OrganismConfig, train_organism
     from spillover.pipeline.rundir import default_root
 
     root = args.root or default_root()
@@ -129,13 +135,15 @@ def main() -> None:
         seeds=seeds,
         eval=eval_cfg,
         schedule=args.schedule,
+        finetune_method=args.finetune_method,
     )
+    organism = load_config(OrganismConfig, to_dict(demo.organism), args.overrides)
     assert isinstance(fcfg, FilterExperimentConfig)
     sections = []
     started = time.perf_counter()
     for org_seed in (int(s) for s in args.organism_seeds.split(",")):
         t0 = time.perf_counter()
-        art = train_organism(replace(demo.organism, seed=org_seed), root=root)
+        art = train_organism(replace(organism, seed=org_seed), root=root)
         sae_root = train_organism_saes(art, demo.sae, root=root)
         layers = sorted(int(p.name.split("_")[1]) for p in sae_root.glob("layer_*"))
         layer = int(default_risk_layers([f"layer_{x}" for x in layers])[0].split("_")[1])
