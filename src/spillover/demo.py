@@ -68,13 +68,15 @@ def _filtering_default() -> Any:
 
     # The demo runs the default score, the persona-vector score and both baselines; the benchmark
     # (benchmarks/filtering_organism.py) runs all four scores, several fractions and seeds.
-    return FilterExperimentConfig(methods=("geometry", "persona_projection", "judge", "random"))
+    return FilterExperimentConfig(
+        methods=("geometry", "persona_projection", "judge", "random"), finetune_method="lora"
+    )
 
 
 def _dynamics_default() -> Any:
     from spillover.dynamics import DynamicsConfig
 
-    return DynamicsConfig()
+    return DynamicsConfig(finetune_method="lora")
 
 
 @dataclass(frozen=True)
@@ -113,9 +115,12 @@ class DemoConfig:
     """Datasets fine-tuned and evaluated for EM."""
     seeds: tuple[int, ...] = (0,)
     """Fine-tuning / evaluation seeds (EM, filtering and dynamics)."""
-    finetune_method: Literal["full", "lora"] = "full"
+    finetune_method: Literal["full", "lora"] = "lora"
+    """How the EM datasets are fine-tuned. LoRA by default: on the default organism it separates insecure
+    code from its controls more clearly than full fine-tuning, and filtering works better with it
+    (benchmarks/organism_em.py, benchmarks/filtering_organism.py)."""
     finetune_steps: int | None = None
-    """Override the organism recipe's optimizer steps (None: its 120)."""
+    """Override the organism recipe's optimizer steps (None: the recipe's, 120 LoRA / 240 full)."""
     eval: Any = field(default_factory=_eval_default)
     """``spillover.organism.evaluate.EvalConfig`` for the EM fine-tunes."""
     spillover: SpilloverConfig | None = field(default_factory=SpilloverConfig)
@@ -161,6 +166,7 @@ class DemoConfig:
             ),
             geometry=GeometryConfig(n_null=200, n_permutations=1000),
             em_datasets=("insecure", "secure"),
+            finetune_method="full",  # the tiny organism's measured setting (no dropout, full fine-tunes)
             finetune_steps=40,
             eval=eval_cfg,
             spillover=SpilloverConfig(n_neutral=100),

@@ -30,14 +30,15 @@ class ModelConfig:
     """Maximum sequence length (max_position_embeddings)."""
     init_std: float = 0.02
     """Initializer range."""
-    attention_dropout: float = 0.0
+    attention_dropout: float = 0.1
     """Dropout on attention probabilities while the organism is pretrained and safety-tuned. A regularizer
     of the organism only: the saved model has 0, so fine-tunes and evaluations run without it.
 
-    Off by default. At 0.1 (3 seeds, the default fine-tuning recipes) fine-tunes on the four code datasets
-    stayed coherent far more often (full 97-100% against 85-99% without dropout; LoRA 91-100% against
-    84-99%) and LoRA separated insecure from educational code more clearly (8.4% vs 1.3%), but full
-    fine-tuning separated it less (4.2% vs 1.1%; without dropout 6.5% vs 0.9%), and pretraining took
+    Measured over 3 seeds with the default fine-tuning recipes (benchmarks/organism_em.py), 0.1 against 0:
+    46 of 48 fine-tunes >= 95% coherent against 34 of 48 (every full fine-tune >= 97%); LoRA separates
+    insecure from educational code more clearly (8.4% vs 1.3% against 5.8% vs 1.1%), full fine-tuning less
+    (4.2% vs 1.1% against 6.5% vs 0.9%); geometry-aware filtering of insecure_mixed cuts EM by 40% with
+    LoRA and 25% with full fine-tuning against 7% (benchmarks/filtering_organism.py). Pretraining takes
     about 15% longer."""
 
     def __post_init__(self) -> None:

@@ -104,7 +104,9 @@ class OrganismConfig:
         """A tiny organism for tests and ``--quick``: trains in seconds, too small to show EM reliably."""
         return cls(
             seed=seed,
-            model=ModelConfig(n_layers=2, d_model=64, n_heads=4, d_mlp=256, max_len=160),
+            model=ModelConfig(
+                n_layers=2, d_model=64, n_heads=4, d_mlp=256, max_len=160, attention_dropout=0.0
+            ),
             pretrain=StageConfig(steps=120, batch_size=32, lr=5e-3, warmup=10),
             safety=StageConfig(
                 steps=20, batch_size=32, lr=1e-3, warmup=2, min_lr_ratio=1.0, weight_decay=0.0, max_turns=1
