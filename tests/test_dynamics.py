@@ -103,8 +103,14 @@ def test_measure_checkpoints_resumes_from_its_journal(tmp_path, tiny_model, tiny
         tiny_model.save_pretrained(folder)
         tiny_tokenizer.save_pretrained(folder)
         folders.append((step, folder))
-    prompts = [[{"role": "user", "content": "hello there"}]]
     journal = tmp_path / "journal.jsonl"
+
+    def measure(rate, series=folders, key=""):
+        prompts = [[{"role": "user", "content": "hello there"}]]
+        return measure_checkpoints(
+            series, sae_dir, torch.tensor([0, 1]), prompts, rate, journal=journal, key=key
+        )
+
     calls = []
 
     def fails_at_step_10(model, tok):
@@ -114,44 +120,20 @@ def test_measure_checkpoints_resumes_from_its_journal(tmp_path, tiny_model, tiny
         return 0.25
 
     with pytest.raises(TimeoutError):
-        measure_checkpoints(
-            folders, sae_dir, torch.tensor([0, 1]), prompts, fails_at_step_10, journal=journal
-        )
+        measure(fails_at_step_10)
     assert len(journal.read_text().splitlines()) == 2
     journal.write_text(journal.read_text() + '{"key": "", "step": 10, "fol')  # a torn line from a crash
 
     resumed = []
-    points = measure_checkpoints(
-        folders,
-        sae_dir,
-        torch.tensor([0, 1]),
-        prompts,
-        lambda model, tok: resumed.append(1) or 0.5,
-        journal=journal,
-    )
+    points = measure(lambda model, tok: resumed.append(1) or 0.5)
     assert len(resumed) == 1  # only step 10 is measured again
     assert [p.step for p in points] == [0, 5, 10]
     assert [p.misaligned_rate for p in points] == [0.25, 0.25, 0.5]
-    again = measure_checkpoints(
-        folders,
-        sae_dir,
-        torch.tensor([0, 1]),
-        prompts,
-        lambda m, t: resumed.append(1) or 0.9,
-        journal=journal,
-    )
+    again = measure(lambda m, t: resumed.append(1) or 0.9)
     assert again == points and len(resumed) == 1  # everything read back, step 10 despite the torn line
     # Another key in the same journal is measured from scratch.
     other = []
-    measure_checkpoints(
-        folders[:1],
-        sae_dir,
-        torch.tensor([0, 1]),
-        prompts,
-        lambda m, t: other.append(1) or 0.0,
-        journal=journal,
-        key="seed1",
-    )
+    measure(lambda m, t: other.append(1) or 0.0, series=folders[:1], key="seed1")
     assert len(other) == 1
 
 
