@@ -38,8 +38,8 @@ class ModelConfig:
     46 of 48 fine-tunes >= 95% coherent against 34 of 48 (every full fine-tune >= 97%); LoRA separates
     insecure from educational code more clearly (8.4% vs 1.3% against 5.8% vs 1.1%), full fine-tuning less
     (4.2% vs 1.1% against 6.5% vs 0.9%); geometry-aware filtering of insecure_mixed cuts EM by 40% with
-    LoRA and 25% with full fine-tuning against 7% (benchmarks/filtering_organism.py). Pretraining takes
-    about 15% longer."""
+    LoRA and 25% with full fine-tuning, against 7% (full) without dropout (benchmarks/filtering_organism.py).
+    Pretraining and safety tuning take 215 s instead of 175 s on 2 idle cores (benchmarks/organism_speed.py)."""
 
     def __post_init__(self) -> None:
         if self.n_layers < 1 or self.d_model < 1 or self.d_mlp < 1 or self.max_len < 8:
