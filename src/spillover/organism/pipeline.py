@@ -308,23 +308,24 @@ def load_organism(path: str | Path | OrganismArtifacts) -> Organism:
 def finetune_config(
     method: Literal["full", "lora"] = "full", seed: int = 0, **overrides: Any
 ) -> FinetuneConfig:
-    """The organism's fine-tuning recipe: batches of 32, constant lr after 10 warmup steps.
+    """The organism's fine-tuning recipe: batches of 32, 10 warmup steps.
 
-    Full fine-tuning: 240 steps (about 8 epochs of 1,000 samples) at lr 3e-4. LoRA: r=8 on all
-    projections, 120 steps at lr 1e-3. Measured over 3 seeds (benchmarks/organism_em.py): 240 full steps
-    separated insecure from educational code better than 120 (6.5% vs 0.9% out-of-domain misalignment,
-    against 4.3% vs 1.0%); lr 2e-4 kept coherence higher but induced less (4.8%). LoRA at 240 steps or
-    r=16 induced no more and broke coherence more often, so it stays at 120.
+    Full fine-tuning: 240 steps (about 8 epochs of 1,000 samples), lr 5e-4 with cosine decay. LoRA: r=8
+    on all projections, 120 steps at a constant lr 1e-3. Measured over 3 seeds on the default organism
+    (benchmarks/organism_em.py): the full recipe separates insecure from educational code (6.7% vs 0.9%
+    out-of-domain misalignment) where a constant 3e-4 did not (4.2% vs 1.1%) and a constant 5e-4 raised the
+    controls too (7.7% vs 2.2%); it costs some coherence (3 of 24 fine-tunes below 95%, against none).
+    LoRA at 240 steps, r=16 or lr 2e-3 induced no more separation and broke coherence more often.
     """
     if method == "full":
         base = FinetuneConfig(
             method="full",
-            lr=3e-4,
+            lr=5e-4,
             max_steps=240,
             batch_size=32,
             grad_accum=1,
             warmup_steps=10,
-            lr_schedule="constant",
+            lr_schedule="cosine",
             max_seq_len=160,
             seed=seed,
         )
