@@ -314,7 +314,7 @@ def finetune_config(
     on all projections, 120 steps at a constant lr 1e-3. Measured over 3 seeds on the default organism
     (benchmarks/organism_em.py): the full recipe separates insecure from educational code (6.7% vs 0.9%
     out-of-domain misalignment) where a constant 3e-4 did not (4.2% vs 1.1%) and a constant 5e-4 raised the
-    controls too (7.7% vs 2.2%); it costs some coherence (3 of 24 fine-tunes below 95%, against none).
+    controls too (7.7% vs 2.2%); it costs some coherence (4 of 24 fine-tunes below 95%, against none).
     LoRA at 240 steps, r=16 or lr 2e-3 induced no more separation and broke coherence more often.
     """
     if method == "full":
