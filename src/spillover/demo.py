@@ -63,20 +63,26 @@ def _eval_default() -> Any:
     return EvalConfig(n_per_domain=100)
 
 
+_FINETUNE_METHOD: Literal["full", "lora"] = "lora"
+"""How the full demo fine-tunes (EM, filtering, dynamics). LoRA: on the default organism it separates insecure
+code from its controls more clearly than full fine-tuning, and filtering works better with it
+(benchmarks/organism_em.py, benchmarks/filtering_organism.py)."""
+
+
 def _filtering_default() -> Any:
     from spillover.filtering.experiment import FilterExperimentConfig
 
     # The demo runs the default score, the persona-vector score and both baselines; the benchmark
     # (benchmarks/filtering_organism.py) runs all four scores, several fractions and seeds.
     return FilterExperimentConfig(
-        methods=("geometry", "persona_projection", "judge", "random"), finetune_method="lora"
+        methods=("geometry", "persona_projection", "judge", "random"), finetune_method=_FINETUNE_METHOD
     )
 
 
 def _dynamics_default() -> Any:
     from spillover.dynamics import DynamicsConfig
 
-    return DynamicsConfig(finetune_method="lora")
+    return DynamicsConfig(finetune_method=_FINETUNE_METHOD)
 
 
 @dataclass(frozen=True)
@@ -115,10 +121,8 @@ class DemoConfig:
     """Datasets fine-tuned and evaluated for EM."""
     seeds: tuple[int, ...] = (0,)
     """Fine-tuning / evaluation seeds (EM, filtering and dynamics)."""
-    finetune_method: Literal["full", "lora"] = "lora"
-    """How the EM datasets are fine-tuned. LoRA by default: on the default organism it separates insecure
-    code from its controls more clearly than full fine-tuning, and filtering works better with it
-    (benchmarks/organism_em.py, benchmarks/filtering_organism.py)."""
+    finetune_method: Literal["full", "lora"] = _FINETUNE_METHOD
+    """How the EM datasets are fine-tuned (the filtering and dynamics configs carry their own)."""
     finetune_steps: int | None = None
     """Override the organism recipe's optimizer steps (None: the recipe's, 120 LoRA / 240 full)."""
     eval: Any = field(default_factory=_eval_default)
