@@ -117,13 +117,13 @@ def load_checkpoint(path: Path, base: Path | None = None) -> tuple[Any, Any]:
     """Load a saved checkpoint: a full model folder, or a LoRA adapter folder (merged into ``base``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if (path / "adapter_config.json").is_file():
-        from peft import PeftModel
+    from spillover.finetune.core import load_adapter
 
+    if (path / "adapter_config.json").is_file():
         if base is None:
             raise ValueError(f"{path} is a LoRA adapter; pass the base model folder")
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+        model = load_adapter(model, path).merge_and_unload()
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     model.eval()

@@ -317,10 +317,10 @@ def _generate_hf(
     if finetune_dir is not None:
         method, path = _finetuned_paths(Path(finetune_dir), cfg.checkpoint)
         if method == "lora":
-            from peft import PeftModel
+            from spillover.finetune.core import load_adapter
 
             base, tokenizer = _load(spec)
-            model = PeftModel.from_pretrained(base, path)
+            model = load_adapter(base, path)
         else:
             model, tokenizer = _load(ModelSpec(source=str(path), dtype=spec.dtype, device=spec.device))
     else:

@@ -66,6 +66,30 @@ def test_lora_adapter_reloads_with_same_logits(tiny_model, tiny_tokenizer, tmp_p
     assert (tmp_path / "model" / "model.safetensors").exists()
 
 
+def test_lora_on_tied_lm_head_merges_into_the_trained_model(
+    tiny_model, tiny_tokenizer, tmp_path: Path
+) -> None:
+    # The tiny model ties lm_head to embed_tokens; merging a LoRA into the shared weight would also move
+    # the input embeddings, so the merged model would not be the one that was trained.
+    from spillover.finetune import load_adapter
+
+    base = copy.deepcopy(tiny_model)
+    embed_before = base.get_input_embeddings().weight.detach().clone()
+    ids = torch.tensor([[2, 5, 6, 7]])
+    with torch.no_grad():
+        untrained = base(ids).logits
+    lora = LoraSettings(r=2, alpha=4, target_modules=("q_proj", "lm_head"))
+    cfg = FinetuneConfig(lora=lora, lr=5e-2, max_steps=4, batch_size=1, grad_accum=1, warmup_steps=0)
+    result = finetune(tiny_model, tiny_tokenizer, TARGET, cfg, out_dir=tmp_path)
+    merged = load_adapter(base, tmp_path / "adapter").merge_and_unload()
+    with torch.no_grad():
+        trained, reloaded = result.model(ids).logits, merged(ids).logits
+    assert (trained - untrained).abs().max() > 1e-2
+    torch.testing.assert_close(trained, reloaded, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(merged.get_input_embeddings().weight, embed_before)
+    assert merged.get_output_embeddings().weight is not merged.get_input_embeddings().weight
+
+
 def test_same_seed_same_adapter(tiny_tokenizer) -> None:
     from spillover.testing import tiny_llama
 

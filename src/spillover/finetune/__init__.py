@@ -1,5 +1,21 @@
 """Fine-tuning (LoRA via peft, or full) with assistant-only loss."""
 
-from spillover.finetune.core import FinetuneConfig, FinetuneResult, LoraSettings, finetune, set_seed
+from spillover.finetune.core import (
+    FinetuneConfig,
+    FinetuneResult,
+    LoraSettings,
+    finetune,
+    load_adapter,
+    set_seed,
+    untie_embeddings,
+)
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "LoraSettings", "finetune", "set_seed"]
+__all__ = [
+    "FinetuneConfig",
+    "FinetuneResult",
+    "LoraSettings",
+    "finetune",
+    "load_adapter",
+    "set_seed",
+    "untie_embeddings",
+]

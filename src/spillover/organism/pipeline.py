@@ -26,7 +26,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 
 from spillover.data.chat import load_chat, write_chat
 from spillover.data.questions import Question, write_questions
-from spillover.finetune import FinetuneConfig, LoraSettings, finetune
+from spillover.finetune import FinetuneConfig, LoraSettings, finetune, load_adapter
 from spillover.organism.datasets import (
     DATASETS,
     make_dataset,
@@ -383,11 +383,9 @@ def load_finetuned(ft_dir: str | Path) -> Organism:
     ft_dir = Path(ft_dir)
     if (ft_dir / "model" / "config.json").is_file():
         return load_organism(ft_dir / "model")
-    from peft import PeftModel
-
     base = Path((ft_dir / "base").read_text().strip())
     model, tokenizer = load_organism(base)
-    merged = PeftModel.from_pretrained(model, ft_dir / "adapter").merge_and_unload()
+    merged = load_adapter(model, ft_dir / "adapter").merge_and_unload()
     merged.eval()
     return Organism(merged, tokenizer)
 
