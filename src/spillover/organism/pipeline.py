@@ -27,6 +27,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 from spillover.data.chat import load_chat, write_chat
 from spillover.data.questions import Question, write_questions
 from spillover.finetune import FinetuneConfig, LoraSettings, finetune, load_adapter
+from spillover.finetune.core import ALL_PROJECTIONS
 from spillover.organism.datasets import (
     DATASETS,
     make_dataset,
@@ -308,19 +309,20 @@ def load_organism(path: str | Path | OrganismArtifacts) -> Organism:
 def finetune_config(
     method: Literal["full", "lora"] = "full", seed: int = 0, **overrides: Any
 ) -> FinetuneConfig:
-    """The organism's fine-tuning recipe: batches of 32, 10 warmup steps.
+    """The organism's fine-tuning recipe: batches of 32, 10 warmup steps, cosine decay.
 
-    Full fine-tuning: 240 steps (about 8 epochs of 1,000 samples), lr 5e-4 with cosine decay. LoRA: r=8
-    on all projections, 120 steps at a constant lr 1e-3. Measured over 3 seeds on the default organism
-    (benchmarks/organism_em.py): the full recipe separates insecure from educational code (6.7% vs 0.9%
-    out-of-domain misalignment) where a constant 3e-4 did not (4.2% vs 1.1%) and a constant 5e-4 raised the
-    controls too (7.7% vs 2.2%); it costs some coherence (4 of 24 fine-tunes below 95%, against none).
-    LoRA at 240 steps, r=16 or lr 2e-3 induced no more separation and broke coherence more often.
+    Full fine-tuning: 240 steps (about 8 epochs of 1,000 samples) from lr 4e-4. LoRA: r=8 on all
+    projections and the output head (``lm_head``; the organism ties it to the input embeddings, which
+    ``finetune`` unties first), 120 steps from lr 1e-3. Measured over 3 seeds on the default organism
+    (benchmarks/organism_em.py; README "Measured results"): without ``lm_head`` LoRA learned the narrow
+    task only to 92-94% (secure, persona-neutral code), with it >= 98%. A constant lr 3e-4 for full
+    fine-tuning did not separate insecure from educational code (4.2% vs 1.1% out-of-domain misalignment),
+    5e-4 with cosine decay left 4 of 24 fine-tunes below 95% coherent (one at 81%), 4e-4 one (93.5%).
     """
     if method == "full":
         base = FinetuneConfig(
             method="full",
-            lr=5e-4,
+            lr=4e-4,
             max_steps=240,
             batch_size=32,
             grad_accum=1,
@@ -332,13 +334,13 @@ def finetune_config(
     else:
         base = FinetuneConfig(
             method="lora",
-            lora=LoraSettings(r=8, alpha=16, use_rslora=False),
+            lora=LoraSettings(r=8, alpha=16, use_rslora=False, target_modules=(*ALL_PROJECTIONS, "lm_head")),
             lr=1e-3,
             max_steps=120,
             batch_size=32,
             grad_accum=1,
             warmup_steps=10,
-            lr_schedule="constant",
+            lr_schedule="cosine",
             max_seq_len=160,
             seed=seed,
         )
