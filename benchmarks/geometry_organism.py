@@ -62,6 +62,12 @@ def _em_rates(paths: list[Path], method: str) -> dict[int, dict[str, float]]:
     return rates
 
 
+def _auroc(positive: list[float], negative: list[float]) -> float:
+    """P(a positive scores above a negative), ties counting half."""
+    pairs = [(p > q) + 0.5 * (p == q) for p in positive for q in negative]
+    return statistics.fmean(pairs) if pairs else math.nan
+
+
 def _spearman(x: list[float], y: list[float]) -> float:
     pairs = [(a, b) for a, b in zip(x, y, strict=True) if not (math.isnan(a) or math.isnan(b))]
     if len(pairs) < 3:
@@ -273,6 +279,20 @@ def main() -> None:
         )
         print(
             f"risk score ({reports[seeds[0]]['risk']['measure']} at {reports[seeds[0]]['risk']['layers']}) vs EM, seed means: {correlations['risk']:.2f}"
+        )
+        # Spearman over 8 datasets is dominated by the controls' order when their EM rates are all near
+        # zero; the AUROC asks only whether every inducing dataset scores above every control.
+        roles = {n: reports[seeds[0]]["datasets"][n]["role"] for n in names}
+        correlations["risk_auroc"] = [
+            _auroc(
+                [reports[s]["risk"]["scores"][n] for n in names if roles[n] == "inducing"],
+                [reports[s]["risk"]["scores"][n] for n in names if roles[n] == "control"],
+            )
+            for s in seeds
+        ]
+        print(
+            "risk score, inducing vs control datasets: AUROC per seed "
+            + " / ".join(f"{v:.2f}" for v in correlations["risk_auroc"])
         )
     results["correlations"] = correlations
 
