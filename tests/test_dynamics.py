@@ -142,3 +142,5 @@ def test_dynamics_config_validates():
         DynamicsConfig(checkpoint_every=0)
     with pytest.raises(ValueError, match="seed"):
         DynamicsConfig(seeds=())
+    with pytest.raises(ValueError, match="toxic_k"):
+        DynamicsConfig(toxic_k=0)

@@ -81,6 +81,9 @@ class DynamicsConfig:
             raise ValueError("checkpoint_every, n_prompts and n_eval must be >= 1")
         if not self.seeds:
             raise ValueError("at least one seed is needed")
+        from spillover.filtering.scores import check_toxic_k
+
+        check_toxic_k(self.toxic_k)
 
 
 @torch.no_grad()

@@ -89,6 +89,8 @@ def test_filter_cli_judge_and_errors(tmp_path, dataset):
     assert bad.exit_code == 2 and "no.jsonl" in bad.output
     bad = runner.invoke(app, [str(tmp_path / "missing.jsonl"), "--method", "random", "--out", str(out)])
     assert bad.exit_code == 2 and "does not exist" in bad.output
+    bad = runner.invoke(app, [str(dataset), "--method", "random", "--toxic-k", "0", "--out", str(out)])
+    assert bad.exit_code == 2 and "--toxic-k" in bad.output
 
 
 def test_filter_cli_geometry_scores_with_a_saved_model_and_sae(tmp_path, dataset, tiny_model, tiny_tokenizer):

@@ -115,6 +115,9 @@ def test_filter_experiment_config_validates():
         FilterExperimentConfig(methods=("geometry", "oracle"))
     with pytest.raises(ValueError, match="fractions"):
         FilterExperimentConfig(fractions=(1.0,))
+    # k=0 would select no toxic latent, and the scoring step would blame the corpora instead.
+    with pytest.raises(ValueError, match=r"toxic_k .* must be >= 1 or unset, got 0"):
+        FilterExperimentConfig(toxic_k=0)
 
 
 def test_epoch_matched_steps_scale_with_the_share_kept(tmp_path):

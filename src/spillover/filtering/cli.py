@@ -86,7 +86,7 @@ def filter_dataset(
     scores: Annotated[
         Path | None, typer.Option("--scores", help="Precomputed scores (one per line): rank by these.")
     ] = None,
-    toxic_k: Annotated[int | None, typer.Option("--toxic-k", help="Number of toxic latents.")] = None,
+    toxic_k: Annotated[int | None, typer.Option("--toxic-k", min=1, help="Number of toxic latents.")] = None,
 ) -> None:
     """Write kept / removed sets and scores for each method and fraction."""
     if ctx.invoked_subcommand is not None:

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 
 from spillover.filtering.policies import random_fraction, top_fraction, write_filter
-from spillover.filtering.scores import SCORE_METHODS
+from spillover.filtering.scores import SCORE_METHODS, check_toxic_k
 
 __all__ = [
     "FILTER_METHODS",
@@ -107,6 +107,7 @@ class FilterExperimentConfig:
             raise ValueError("at least one seed is needed")
         if self.schedule not in ("steps", "epochs"):
             raise ValueError(f"schedule must be 'steps' or 'epochs', got {self.schedule!r}")
+        check_toxic_k(self.toxic_k)
 
     @property
     def all_fractions(self) -> tuple[float, ...]:

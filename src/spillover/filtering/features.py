@@ -27,6 +27,7 @@ from torch import nn
 from spillover.filtering.scores import (
     SCORE_METHODS,
     ScoreMethod,
+    check_toxic_k,
     diff_of_means_direction,
     nearest_toxic_cosine,
     persona_projection,
@@ -145,6 +146,7 @@ def toxic_reference(
     """
     from spillover.geometry.features import score_datasets, toxic_features
 
+    check_toxic_k(k)
     stats = score_datasets(
         model,
         tokenizer,

@@ -33,6 +33,7 @@ from torch import Tensor
 __all__ = [
     "SCORE_METHODS",
     "ScoreMethod",
+    "check_toxic_k",
     "diff_of_means_direction",
     "max_cosine_to_toxic",
     "nearest_toxic_cosine",
@@ -49,6 +50,13 @@ SCORE_METHODS: tuple[ScoreMethod, ...] = (
     "persona_projection",
 )
 """The geometry scores, the default first."""
+
+
+def check_toxic_k(k: int | None) -> None:
+    """Reject a toxic-latent count below 1 up front (otherwise the reference has no latents, and the error
+    would blame the corpora)."""
+    if k is not None and k < 1:
+        raise ValueError(f"toxic_k (the number of toxic latents) must be >= 1 or unset, got {k}")
 
 
 def _index(toxic_idx: Sequence[int] | Tensor, n_features: int) -> Tensor:

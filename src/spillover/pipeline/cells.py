@@ -86,6 +86,9 @@ class CellFilter:
             raise ValueError(f"filter.method {self.method!r} is not one of {['none', 'random', *_SCORED]}")
         if not 0 < self.fraction < 1:
             raise ValueError(f"filter.fraction must be in (0, 1), got {self.fraction}")
+        from spillover.filtering.scores import check_toxic_k
+
+        check_toxic_k(self.toxic_k)
 
     @property
     def scored(self) -> bool:
