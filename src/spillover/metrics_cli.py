@@ -1,4 +1,4 @@
-"""``spillover metrics``: EM rates per question and pooled, with bootstrap CIs, as a cached stage.
+"""``spillover metrics``: EM rates per question and pooled, with Jeffreys-posterior CIs, as a cached stage.
 
     spillover metrics --config chain.yaml                          # runs every stage it needs
     spillover metrics -c chain.yaml --scores RUNS/rescore/abc123   # metrics of existing scores

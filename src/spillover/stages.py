@@ -578,7 +578,7 @@ def rescore_stage(
 def metrics_stage(
     cfg: MetricsStageConfig, *, scores_dir: Path, root: str | Path | None = None, force: bool = False
 ) -> Path:
-    """EM rates per question and pooled with bootstrap CIs; writes ``metrics.json``.
+    """EM rates per question and pooled, with Jeffreys-posterior CIs; writes ``metrics.json``.
 
     ``metrics.json`` holds ``pooled`` and ``per_question`` (see :class:`spillover.metrics.EMMetrics`), the
     thresholds, and ``none_reasons``: per metric, how many answers have no score because the judge call

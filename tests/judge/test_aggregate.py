@@ -57,3 +57,15 @@ def test_bootstrap_interval_covers_truth_at_nominal_rate() -> None:
         covered += lo <= 0.2 <= hi
     assert 0.88 <= covered / 200 <= 0.99
     assert not math.isnan(lo)
+
+
+def test_interval_is_not_a_point_when_no_or_every_answer_is_a_hit() -> None:
+    import numpy as np
+
+    from spillover.metrics import bootstrap_ci
+
+    lo, hi = bootstrap_ci(np.zeros(400))
+    assert lo == 0.0 and 0.002 < hi < 0.02  # exact Jeffreys upper bound for 0 of 400: 0.0062
+    lo, hi = bootstrap_ci(np.ones(400))
+    assert hi == 1.0 and 0.98 < lo < 0.998
+    assert bootstrap_ci(np.zeros(0)) is None
