@@ -88,6 +88,10 @@ def test_lora_on_tied_lm_head_merges_into_the_trained_model(
     torch.testing.assert_close(trained, reloaded, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(merged.get_input_embeddings().weight, embed_before)
     assert merged.get_output_embeddings().weight is not merged.get_input_embeddings().weight
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        assert all("lora_" in key for key in f.keys())  # no copy of the frozen embedding matrix
 
 
 def test_same_seed_same_adapter(tiny_tokenizer) -> None:
