@@ -50,6 +50,22 @@ def test_inputs_are_content_hashed(tmp_path: Path) -> None:
     assert run_id("s", {}, {"data": data}) != a
 
 
+def test_a_stage_code_version_bump_gives_new_folders_and_version_1_keeps_old_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spillover.config import config_hash
+    from spillover.pipeline import rundir
+
+    calls: list[int] = []
+    first = run_stage("s", {"a": 1}, lambda out: calls.append(1), root=tmp_path)
+    # Version 1 is the hash from before versions existed, so no user's cache is invalidated by them.
+    assert first.name == config_hash({"stage": "s", "config": {"a": 1}, "inputs": {}})
+    monkeypatch.setitem(rundir.STAGE_VERSIONS, "s", 2)
+    second = run_stage("s", {"a": 1}, lambda out: calls.append(2), root=tmp_path)
+    assert second != first and calls == [1, 2]
+    assert run_stage("s", {"a": 1}, lambda out: calls.append(3), root=tmp_path) == second and calls == [1, 2]
+
+
 def test_failed_stage_leaves_nothing_finished(tmp_path: Path) -> None:
     def boom(out: Path) -> None:
         (out / "partial.txt").write_text("x")

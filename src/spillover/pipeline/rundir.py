@@ -1,7 +1,9 @@
 """Content-addressed run directories: the one caching mechanism every stage uses.
 
 A stage's folder is ``root/<stage>/<hash>``, where the hash covers the stage name, its fully resolved
-config and fingerprints of its inputs (file contents; for another stage's folder, that folder's run id).
+config, fingerprints of its inputs (file contents; for another stage's folder, that folder's run id) and
+the stage's code version (``STAGE_VERSIONS``), so a fix that changes what a stage computes from the same
+config does not reuse folders computed before it.
 The stage writes into a private temporary folder; only when it returns are ``config.json``,
 ``manifest.json`` and the completion marker written and the folder moved into place atomically.
 So a finished stage is reused as is, ``force=True`` recomputes it, and an interrupted stage leaves
@@ -29,6 +31,7 @@ from spillover.config import config_hash, to_dict
 
 __all__ = [
     "COMPLETE_MARKER",
+    "STAGE_VERSIONS",
     "default_root",
     "fingerprint",
     "is_complete",
@@ -41,6 +44,18 @@ log = logging.getLogger(__name__)
 
 COMPLETE_MARKER = ".complete"
 _PACKAGES = ("spillover", "torch", "transformers", "peft", "sae-lens", "safetensors", "numpy")
+
+
+STAGE_VERSIONS: dict[str, int] = {
+    # organism_eval 2, dynamics 2: a LoRA adapter on the tied lm_head is merged into an untied copy
+    # (before, the merge also moved the input embeddings, so the evaluated model was not the trained one).
+    "organism_eval": 2,
+    "dynamics": 2,
+    # metrics 2: rate intervals from the Jeffreys posterior (before: [0, 0] when no answer was misaligned).
+    "metrics": 2,
+}
+"""Code version per stage name, 1 when absent: bump it when a change alters a stage's outputs for the same
+config and inputs. Version 1 leaves the hash as it was before versions existed (no cache is invalidated)."""
 
 
 def default_root() -> Path:
@@ -96,7 +111,11 @@ def fingerprint(value: Any) -> str:
 def run_id(name: str, config: Any, inputs: Mapping[str, Any] | None = None) -> str:
     """The hash that names a stage's folder."""
     fps = {k: fingerprint(v) for k, v in sorted((inputs or {}).items())}
-    return config_hash({"stage": name, "config": to_dict(config), "inputs": fps})
+    key: dict[str, Any] = {"stage": name, "config": to_dict(config), "inputs": fps}
+    version = STAGE_VERSIONS.get(name, 1)
+    if version != 1:
+        key["code_version"] = version
+    return config_hash(key)
 
 
 def _git_revision() -> str | None:
