@@ -184,7 +184,7 @@ def untie_embeddings(model: Any) -> bool:
 
 
 def load_adapter(model: Any, path: str | Path) -> Any:
-    """Load a saved LoRA adapter onto ``model`` (a ``PeftModel``), untying embeddings as training did."""
+    """Load a saved LoRA adapter onto ``model`` and return the ``PeftModel``, untying embeddings as training did."""
     from peft import PeftConfig, PeftModel
 
     targets = PeftConfig.from_pretrained(str(path)).target_modules or ()
