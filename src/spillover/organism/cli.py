@@ -93,8 +93,17 @@ def train_cmd(
     force: Annotated[bool, typer.Option("--force", help="Retrain even if a finished run exists.")] = False,
     threads: ThreadsOpt = 1,
 ) -> None:
-    """Pretrain and safety-tune the organism and write its datasets (cached by config)."""
+    """Pretrain and safety-tune the organism and write its datasets (cached by config).
+
+    Also prints the trained organism's in-context persona switching (``context_probe``): how often it
+    answers an out-of-domain question harmfully after a harmful, benign, insecure-code or educational-code
+    turn. Across 5 organism seeds the rate after insecure code ranked how much EM full fine-tuning on
+    insecure code induced (Spearman 0.9; benchmarks/organism_em.py), so a low value warns of a weak organism.
+    """
     import torch
+
+    from spillover.organism.evaluate import context_probe
+    from spillover.organism.pipeline import load_organism
 
     torch.set_num_threads(threads)
     art = _artifacts(quick, seed, root, overrides, force)
@@ -103,6 +112,11 @@ def train_cmd(
     console.print(
         f"organism: {train_log['n_parameters']:,} parameters; pretrain {t['pretrain_s']:.0f}s "
         f"(loss {train_log['pretrain_final_loss']:.3f}), safety {t['safety_s']:.0f}s"
+    )
+    probe = context_probe(*load_organism(art.model_dir), seed=seed)
+    console.print(
+        "harmful answers after one turn of: "
+        + ", ".join(f"{k.removeprefix('after_').replace('_', ' ')} {100 * v:.0f}%" for k, v in probe.items())
     )
     console.print(f"model:    {art.model_dir}\ndatasets: {art.data_dir}")
 
@@ -157,6 +171,9 @@ def eval_cmd(
     from spillover.organism.pipeline import evaluate_organism, finetune_organism
 
     torch.set_num_threads(threads)
+    if method not in ("full", "lora"):
+        typer.echo(f"error: --method must be full or lora, got {method!r}", err=True)
+        raise typer.Exit(code=2)
     art = _artifacts(quick, seed, root, overrides)
     target = art.model_dir
     if dataset is not None:

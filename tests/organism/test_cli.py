@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from spillover.organism.cli import app
+
+runner = CliRunner()
+
+
+def test_organism_commands_train_finetune_and_eval(quick_organism, organism_root: Path) -> None:
+    common = ["--quick", "--root", str(organism_root)]
+    result = runner.invoke(app, ["train", *common])
+    assert result.exit_code == 0, result.output
+    assert "parameters" in result.output and "harmful answers after one turn of: harmful" in result.output
+    assert str(quick_organism.model_dir) in result.output.replace("\n", "")
+
+    result = runner.invoke(app, ["finetune", "bad_medical", "--method", "lora", *common])
+    assert result.exit_code == 0, result.output
+    assert "fine-tuned (lora) on bad_medical: final loss" in result.output
+
+    result = runner.invoke(app, ["eval", "--dataset", "bad_medical", "--method", "lora", "--n", "5", *common])
+    assert result.exit_code == 0, result.output
+    assert "medical" in result.output and "EM (out-of-domain misaligned" in result.output
+
+
+def test_organism_commands_reject_bad_options(organism_root: Path) -> None:
+    common = ["--quick", "--root", str(organism_root)]
+    for cmd in (["finetune", "insecure"], ["eval", "--dataset", "insecure"]):
+        result = runner.invoke(app, [*cmd, "--method", "qlora", *common])
+        assert result.exit_code == 2 and "--method must be full or lora, got 'qlora'" in result.output
+    result = runner.invoke(app, ["train", *common, "--set", "safety.stepz=3"])
+    assert result.exit_code == 2 and "stepz" in result.output
