@@ -59,6 +59,13 @@ def _artifacts(
     return train_organism(cfg, root=root, force=force)
 
 
+def _method(method: str) -> Literal["full", "lora"]:
+    if method not in ("full", "lora"):
+        typer.echo(f"error: --method must be full or lora, got {method!r}", err=True)
+        raise typer.Exit(code=2)
+    return "full" if method == "full" else "lora"
+
+
 def _print_eval(title: str, result: EvalResult) -> None:
     from spillover.organism.evaluate import OOD_DOMAINS
 
@@ -140,10 +147,7 @@ def finetune_cmd(
     from spillover.organism.pipeline import finetune_organism
 
     torch.set_num_threads(threads)
-    if method not in ("full", "lora"):
-        typer.echo(f"error: --method must be full or lora, got {method!r}", err=True)
-        raise typer.Exit(code=2)
-    meth: Literal["full", "lora"] = "full" if method == "full" else "lora"
+    meth = _method(method)
     art = _artifacts(quick, seed, root, overrides)
     ft_dir = finetune_organism(art, dataset, meth, root=root, force=force)
     losses = json.loads((ft_dir / "losses.json").read_text())
@@ -171,13 +175,10 @@ def eval_cmd(
     from spillover.organism.pipeline import evaluate_organism, finetune_organism
 
     torch.set_num_threads(threads)
-    if method not in ("full", "lora"):
-        typer.echo(f"error: --method must be full or lora, got {method!r}", err=True)
-        raise typer.Exit(code=2)
+    meth = _method(method)
     art = _artifacts(quick, seed, root, overrides)
     target = art.model_dir
     if dataset is not None:
-        meth: Literal["full", "lora"] = "full" if method == "full" else "lora"
         target = finetune_organism(art, dataset, meth, root=root)
     result = evaluate_organism(target, EvalConfig(n_per_domain=n, seed=seed), root=root)
     _print_eval(f"organism seed {seed}" + (f" fine-tuned on {dataset} ({method})" if dataset else ""), result)
