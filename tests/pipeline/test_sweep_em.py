@@ -95,3 +95,12 @@ def test_em_cell_rejects_a_scored_filter_without_sae(tmp_path: Path) -> None:
     spec = SweepSpec(pipeline="em", base={"finetune": {"data": "x.jsonl"}, "filter": {"method": "geometry"}})
     with pytest.raises(ValueError, match="needs filter.sae"):
         plan_sweep(spec)
+
+
+def test_cell_filter_rejects_bad_values() -> None:
+    from spillover.pipeline.cells import CellFilter
+
+    with pytest.raises(ValueError, match="filter.fraction"):
+        CellFilter(method="random", fraction=1.0)
+    with pytest.raises(ValueError, match="toxic_k"):
+        CellFilter(method="geometry", toxic_k=0)
