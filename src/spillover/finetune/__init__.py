@@ -7,7 +7,6 @@ from spillover.finetune.core import (
     finetune,
     load_adapter,
     set_seed,
-    untie_embeddings,
 )
 
 __all__ = [
@@ -17,5 +16,4 @@ __all__ = [
     "finetune",
     "load_adapter",
     "set_seed",
-    "untie_embeddings",
 ]

@@ -34,12 +34,12 @@ class ModelConfig:
     """Dropout on attention probabilities while the organism is pretrained and safety-tuned. A regularizer
     of the organism only: the saved model has 0, so fine-tunes and evaluations run without it.
 
-    Measured over 3 seeds (benchmarks/organism_em.py; full fine-tuning then at a constant lr 3e-4, LoRA as
-    now), 0.1 against 0: 46 of 48 fine-tunes >= 95% coherent against 34 of 48; LoRA separates insecure
-    from educational code more clearly (8.4% vs 1.3% against 5.8% vs 1.1%), full fine-tuning less (4.2% vs
-    1.1% against 6.5% vs 0.9%; the cosine recipe in ``finetune_config`` restores it, 6.7% vs 0.9%);
-    geometry-aware filtering of insecure_mixed cuts EM by 40% with LoRA, against 7% (full) without dropout
-    (benchmarks/filtering_organism.py). Pretraining and safety tuning take 215 s instead of 175 s on 2 idle
+    Measured over 3 seeds (benchmarks/organism_em.py) with the recipes of the time (full fine-tuning at a
+    constant lr 3e-4, LoRA without ``lm_head`` at a constant lr 1e-3), 0.1 against 0: 46 of 48 fine-tunes
+    >= 95% coherent against 34 of 48; LoRA separates insecure from educational code more clearly (8.4% vs
+    1.3% against 5.8% vs 1.1%), full fine-tuning less (4.2% vs 1.1% against 6.5% vs 0.9%; cosine decay
+    from 5e-4 restored it, 6.7% vs 0.9%); geometry-aware filtering of insecure_mixed cut EM by 40% with
+    LoRA, against 7% (full) without dropout (benchmarks/filtering_organism.py). Pretraining and safety tuning take 215 s instead of 175 s on 2 idle
     cores (benchmarks/organism_speed.py)."""
 
     def __post_init__(self) -> None:
