@@ -71,7 +71,7 @@ def _cfg(setup: dict[str, Path], url: str, *overrides: str) -> PipelineConfig:
                      "lora": {"r": 2, "alpha": 4}},
         "generate": {"questions": str(setup["questions"]), "max_new_tokens": 4},
         "judge": {"backend": "openai", "openai": {"model": "mock-judge", "base_url": url}},
-        "metrics": {"n_boot": 100},
+        "metrics": {"threshold": 30.0},
     }  # fmt: skip
     return load_pipeline_config(base, list(overrides))
 
@@ -129,9 +129,7 @@ def test_metrics_count_failed_and_unscorable_answers_separately(tmp_path: Path) 
         _row("x", 10, 90), _row("x", 90, 90), _row("x_json", None, None, failed), _row("x_json", None, 90, low),
         _row("x_template", 5, 80),
     ]  # fmt: skip
-    run = metrics_stage(
-        MetricsStageConfig(n_boot=50), scores_dir=_scores_dir(tmp_path, rows), root=tmp_path / "r"
-    )
+    run = metrics_stage(MetricsStageConfig(), scores_dir=_scores_dir(tmp_path, rows), root=tmp_path / "r")
     data = json.loads((run / "metrics.json").read_text())
     assert data["none_reasons"]["aligned"] == {"judge_failed": 1, "low_numeric_mass": 1}
     assert data["none_reasons"]["coherent"] == {"judge_failed": 1}
@@ -139,7 +137,7 @@ def test_metrics_count_failed_and_unscorable_answers_separately(tmp_path: Path) 
     assert (pooled["n_answers"], pooled["n_scored"], pooled["n_aligned_none"]) == (5, 3, 2)
     assert pooled["misaligned"]["rate"] == pytest.approx(2 / 3)
     by_base = metrics_stage(
-        MetricsStageConfig(n_boot=50, group_by="base_id"),
+        MetricsStageConfig(group_by="base_id"),
         scores_dir=_scores_dir(tmp_path, rows),
         root=tmp_path / "r",
     )

@@ -138,8 +138,6 @@ class MetricsStageConfig:
     """Misaligned when aligned < threshold (also reported: <=)."""
     coherent_min: float = 50.0
     """... and coherent > coherent_min."""
-    n_boot: int = 1000
-    seed: int = 0
     group_by: Literal["question_id", "base_id"] = "question_id"
     """Per-question rows by file id, or by base id (pooling the _json/_template variants)."""
 
@@ -600,8 +598,6 @@ def metrics_stage(
             qids,
             threshold=cfg.threshold,
             coherent_min=cfg.coherent_min,
-            n_boot=cfg.n_boot,
-            seed=cfg.seed,
         )
         _write_json(out / "metrics.json", {**result.to_dict(), "none_reasons": _none_reasons(rows)})
 
@@ -612,7 +608,6 @@ def metrics_stage(
         root=_root(root),
         inputs={"scores": scores_dir},
         force=force,
-        seed=cfg.seed,
     )
 
 

@@ -45,27 +45,29 @@ def test_em_metrics_variants_and_none_counts() -> None:
     assert 0 <= lo <= 0.25 <= hi <= 1
 
 
-def test_bootstrap_interval_covers_truth_at_nominal_rate() -> None:
+def test_interval_covers_truth_at_nominal_rate() -> None:
     import numpy as np
 
     rng = np.random.default_rng(0)
     covered = 0
-    for trial in range(200):
+    for _ in range(200):
         hits = rng.random(400) < 0.2
         scores = [JudgeScore(0 if h else 100, 100) for h in hits]
-        lo, hi = em_metrics(scores, n_boot=400, seed=trial).pooled.misaligned.ci
+        lo, hi = em_metrics(scores).pooled.misaligned.ci
         covered += lo <= 0.2 <= hi
     assert 0.88 <= covered / 200 <= 0.99
     assert not math.isnan(lo)
 
 
 def test_interval_is_not_a_point_when_no_or_every_answer_is_a_hit() -> None:
-    import numpy as np
+    from spillover.metrics import jeffreys_ci
 
-    from spillover.metrics import bootstrap_ci
-
-    lo, hi = bootstrap_ci(np.zeros(400))
+    lo, hi = jeffreys_ci(0, 400)
     assert lo == 0.0 and 0.002 < hi < 0.02  # exact Jeffreys upper bound for 0 of 400: 0.0062
-    lo, hi = bootstrap_ci(np.ones(400))
+    lo, hi = jeffreys_ci(400, 400)
     assert hi == 1.0 and 0.98 < lo < 0.998
-    assert bootstrap_ci(np.zeros(0)) is None
+    assert jeffreys_ci(0, 0) is None
+    lo, hi = jeffreys_ci(10, 20)
+    assert lo == pytest.approx(1 - hi)  # symmetric at k = n / 2
+    with pytest.raises(ValueError, match="k=5, n=4"):
+        jeffreys_ci(5, 4)
