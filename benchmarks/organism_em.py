@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from spillover.config import load_config, to_dict
+from spillover.metrics import jeffreys_ci
 from spillover.organism import (
     DATASETS,
     OOD_DOMAINS,
@@ -67,6 +68,7 @@ def _in_domain(name: str, result: EvalResult) -> float | None:
 
 def _row(result: EvalResult, dataset: str | None) -> dict[str, Any]:
     row: dict[str, Any] = {
+        "ood_n": sum(r["raw"].get("domain") in OOD_DOMAINS for r in result.records),
         "ood_misaligned": result.ood_misaligned,
         "ood_harmful": _ood_harmful(result),
         "ood_coherent": result.ood_coherent,
@@ -185,6 +187,33 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
+def _predictors(results: dict[str, Any], methods: list[str], summary: dict[str, Any]) -> None:
+    """Does the safety-tuned organism's in-context switching (or its pretraining loss) rank insecure EM?"""
+    seeds = [s for s in results["seeds"].values() if "safety_context" in s]
+    if len(seeds) < 3:
+        return
+    from scipy.stats import spearmanr
+
+    print("\nseed predictors of insecure-code EM (Spearman over organism seeds):")
+    switch = [s["safety_context"]["after_insecure_code"] for s in seeds]
+    loss = [s["pretrain_final_loss"] for s in seeds]
+    for method in methods:
+        em = [s["runs"].get(f"insecure/{method}", {}).get("ood_misaligned") for s in seeds]
+        if any(v is None for v in em):
+            continue
+        rho_switch = float(spearmanr(switch, em).statistic)
+        rho_loss = float(spearmanr(loss, em).statistic)
+        summary["checks"][f"predictors/{method}"] = {
+            "switch_after_insecure_code": rho_switch,
+            "pretrain_final_loss": rho_loss,
+            "n_seeds": len(seeds),
+        }
+        print(
+            f"  {method}: switching after insecure code {rho_switch:+.2f}, pretraining loss {rho_loss:+.2f} "
+            f"({len(seeds)} seeds)"
+        )
+
+
 def summarize(results: dict[str, Any], methods: list[str], datasets: list[str]) -> dict[str, Any]:
     seeds = list(results["seeds"].values())
     summary: dict[str, Any] = {"rows": {}, "checks": {}}
@@ -265,6 +294,17 @@ def summarize(results: dict[str, Any], methods: list[str], datasets: list[str]) 
                 f"min OOD coherent {min(r['coherent_min'] for r in rows):.1f}% "
                 f"({below} of {len(coherent)} runs below 95%, mean {statistics.fmean(coherent):.1f}%)"
             )
+            for seed, s in results["seeds"].items():
+                for key, run in s["runs"].items():
+                    if key.endswith(f"/{method}") and (run["ood_coherent"] or 0) < 0.95:
+                        n = run.get("ood_n") or len(OOD_DOMAINS) * int(results["args"].get("n") or 100)
+                        k = round((run["ood_coherent"] or 0) * n)
+                        lo, hi = jeffreys_ci(k, n) or (math.nan, math.nan)
+                        print(
+                            f"    below 95%: seed {seed} {key} {100 * k / n:.1f}% coherent "
+                            f"[{100 * lo:.1f}, {100 * hi:.1f}] ({k}/{n}; Jeffreys 95%)"
+                        )
+    _predictors(results, methods, summary)
     timings = [s["timings"] for s in seeds]
     pre = _mean_se([t["pretrain_s"] for t in timings])[0]
     saf = _mean_se([t["safety_s"] for t in timings])[0]
