@@ -1,6 +1,6 @@
 """``spillover organism``: train the built-in model organism, fine-tune it narrowly, evaluate EM.
 
-spillover organism train                          # ~3-5 min on 2 cores, cached afterwards
+spillover organism train                          # ~4-6 min on 2 cores, cached afterwards
 spillover organism train --quick --seed 1         # tiny organism, seconds
 spillover organism finetune insecure --method lora
 spillover organism eval --dataset insecure --method lora

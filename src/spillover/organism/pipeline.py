@@ -3,7 +3,7 @@
 Python::
 
     from spillover.organism import OrganismConfig, train_organism, load_organism
-    art = train_organism(OrganismConfig())            # ~3-5 min on 2 cores; reused afterwards
+    art = train_organism(OrganismConfig())            # ~4-6 min on 2 cores; reused afterwards
     model, tokenizer = load_organism(art.model_dir)
     ft_dir = finetune_organism(art, "insecure", method="full")
     result = evaluate_organism(ft_dir)
