@@ -71,7 +71,6 @@ def _cfg(setup: dict[str, Path], url: str, *overrides: str) -> PipelineConfig:
                      "lora": {"r": 2, "alpha": 4}},
         "generate": {"questions": str(setup["questions"]), "max_new_tokens": 4},
         "judge": {"backend": "openai", "openai": {"model": "mock-judge", "base_url": url}},
-        "metrics": {"threshold": 30.0},
     }  # fmt: skip
     return load_pipeline_config(base, list(overrides))
 

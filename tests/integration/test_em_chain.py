@@ -79,7 +79,6 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "generate": {"questions": str(data_dir / "first_plot_questions.yaml"), "question_ids": QUESTION_IDS,
                          "samples_per_paraphrase": 3, "max_new_tokens": 12},
             "judge": {"backend": "openai", "openai": {"model": "mock-judge", "base_url": server.base_url, **JUDGE_FAST}},
-            "metrics": {"threshold": 30.0},
             "root": str(root),
         }  # fmt: skip
         (tmp / "chain.yaml").write_text(yaml.safe_dump(config))

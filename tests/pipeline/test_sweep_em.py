@@ -57,7 +57,6 @@ def test_em_sweep_runs_the_chain_per_cell_and_the_baseline_once(
                          "lora": {"r": 2, "alpha": 4}},
             "generate": {"questions": files["questions"], "max_new_tokens": 4},
             "judge": {"backend": "openai", "openai": {"model": "mock-judge", "base_url": server.base_url}},
-            "metrics": {"threshold": 30.0},
         },
         grid={"seed": [0, 1], "filter.method": ["none", "random"]},
     )  # fmt: skip

@@ -51,7 +51,8 @@ STAGE_VERSIONS: dict[str, int] = {
     # (before, the merge also moved the input embeddings, so the evaluated model was not the trained one).
     "organism_eval": 2,
     "dynamics": 2,
-    # metrics 2: rate intervals from the Jeffreys posterior (before: [0, 0] when no answer was misaligned).
+    # metrics 2: rate intervals from the Jeffreys posterior (before: [0, 0] when no answer was misaligned);
+    # computing them exactly later removed n_boot and seed from its config, which changes the hash by itself.
     "metrics": 2,
 }
 """Code version per stage name, 1 when absent: bump it when a change alters a stage's outputs for the same
