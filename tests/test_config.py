@@ -40,6 +40,17 @@ def test_int_is_accepted_for_float_but_not_bool_for_int() -> None:
         load_config(Outer, None, ["inner.r=true"])
 
 
+def test_exponent_without_a_dot_is_a_float(tmp_path: Path) -> None:
+    # YAML 1.1 (PyYAML) reads `lr: 2e-5` as the string "2e-5"; configs write learning rates that way.
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 2e-5\n")
+    assert load_config(Outer, path).lr == 2e-5
+    assert load_config(Outer, None, ["lr=3E-4"]).lr == 3e-4
+    for bad in ("fast", "nan", "1e-3x"):
+        with pytest.raises(ConfigError, match="lr: expected a number"):
+            load_config(Outer, None, [f"lr={bad}"])
+
+
 def test_unknown_key_names_the_path() -> None:
     with pytest.raises(ConfigError, match=r"inner\.rank"):
         load_config(Outer, None, ["inner.rank=2"])
