@@ -2,7 +2,9 @@
 
 .venv/bin/python benchmarks/organism_em.py --out /tmp/organism_em.json                 # 3 seeds, ~25 min on 1 core
 .venv/bin/python benchmarks/organism_em.py --seeds 0 --quick --out /tmp/q.json          # smoke test
-.venv/bin/python benchmarks/organism_em.py --set safety.steps=120 --out /tmp/s120.json  # a config knob
+.venv/bin/python benchmarks/organism_em.py --set safety.steps=120 --out /tmp/s120.json  # an organism knob
+.venv/bin/python benchmarks/organism_em.py --methods lora --lora-set lr=2e-3 --datasets insecure edu_insecure \
+    --seeds 0 1 2 3 4 5 6 7 8 9 --out /tmp/lora_lr2.json                                # a fine-tuning knob
 
 For every seed it trains (or reuses) the organism, evaluates the pretrained and the safety-tuned model,
 probes in-context persona switching, then fine-tunes on each dataset with full fine-tuning and LoRA
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 
 from spillover.config import load_config, to_dict
+from spillover.finetune import FinetuneConfig
 from spillover.metrics import jeffreys_ci
 from spillover.organism import (
     DATASETS,
@@ -33,6 +36,7 @@ from spillover.organism import (
     OrganismConfig,
     evaluate,
     evaluate_organism,
+    finetune_config,
     finetune_organism,
     load_organism,
     train_organism,
@@ -113,6 +117,14 @@ def main() -> None:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="OrganismConfig override."
     )
+    for method in ("full", "lora"):
+        parser.add_argument(
+            f"--{method}-set",
+            dest=f"{method}_overrides",
+            action="append",
+            default=[],
+            help=f"Override of the {method} fine-tuning recipe (FinetuneConfig key=value, e.g. max_steps=360).",
+        )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.merge:
@@ -125,6 +137,7 @@ def main() -> None:
                 else:
                     merged["seeds"][seed] = seed_res
             merged["config"] = part.get("config")
+            merged["finetune"] = part.get("finetune")
             merged["args"][str(path)] = part.get("args")
         merged["summary"] = summarize(merged, args.methods, args.datasets)
         args.out.write_text(json.dumps(merged, indent=1))
@@ -165,8 +178,15 @@ def main() -> None:
             flush=True,
         )
         for method in args.methods:
+            recipe = load_config(
+                FinetuneConfig,
+                to_dict(finetune_config(method, seed=cfg.seed)),
+                getattr(args, f"{method}_overrides"),
+            )
+            # The recipe without its seed (each organism's fine-tunes use the organism's seed).
+            results.setdefault("finetune", {})[method] = to_dict(recipe) | {"seed": None}
             for name in args.datasets:
-                ft_dir = finetune_organism(art, name, method, root=args.root)
+                ft_dir = finetune_organism(art, name, method, recipe, root=args.root)
                 t_ft = json.loads((ft_dir / "manifest.json").read_text())["wall_time_s"]
                 t0 = time.perf_counter()
                 result = evaluate_organism(ft_dir, eval_cfg, root=args.root)
