@@ -318,6 +318,10 @@ def finetune_config(
     task only to 92-94% (secure, persona-neutral code), with it >= 98%. A constant lr 3e-4 for full
     fine-tuning did not separate insecure from educational code (4.2% vs 1.1% out-of-domain misalignment),
     5e-4 with cosine decay left 4 of 24 fine-tunes below 95% coherent (one at 81%), 4e-4 one (93.5%).
+    Over 10 organism seeds, stronger recipes raise insecure-code EM only by breaking coherence (LoRA lr
+    2e-3: 6.8% vs 1.4% educational, 8 of 10 insecure fine-tunes below 95% coherent; full lr 6e-4: 6.9% vs
+    1.3%, 6 of 10); rank 1-2 LoRA, more steps or 4x the data did not escape that trade-off (README,
+    "Organism EM"; ``benchmarks/organism_em.py --lora-set/--full-set``).
     """
     if method == "full":
         base = FinetuneConfig(
