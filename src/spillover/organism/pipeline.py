@@ -320,8 +320,8 @@ def finetune_config(
     5e-4 with cosine decay left 4 of 24 fine-tunes below 95% coherent (one at 81%), 4e-4 one (93.5%).
     Over 10 organism seeds, stronger recipes raise insecure-code EM only by breaking coherence (LoRA lr
     2e-3: 6.8% vs 1.4% educational, 8 of 10 insecure fine-tunes below 95% coherent; full lr 6e-4: 6.9% vs
-    1.3%, 6 of 10); rank 1-2 LoRA, more steps or 4x the data did not escape that trade-off (README,
-    "Organism EM"; ``benchmarks/organism_em.py --lora-set/--full-set``).
+    1.3%, 6 of 10); rank 1-2 LoRA, LoRA dropout, weight decay, more steps or 4x the data did not escape
+    that trade-off (README, "Organism EM"; ``benchmarks/organism_em.py --lora-set/--full-set``).
     """
     if method == "full":
         base = FinetuneConfig(
