@@ -20,6 +20,7 @@ import math
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,13 @@ def main() -> None:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "seeds": {},
     }
+    # Built before any training so that a bad --full-set/--lora-set fails at once; each organism's
+    # fine-tunes then take the organism's seed.
+    recipes = {
+        m: load_config(FinetuneConfig, to_dict(finetune_config(m)), getattr(args, f"{m}_overrides"))
+        for m in args.methods
+    }
+    results["finetune"] = {m: to_dict(r) | {"seed": None} for m, r in recipes.items()}
     for seed in args.seeds:
         base = to_dict(OrganismConfig.quick(seed) if args.quick else OrganismConfig(seed=seed))
         cfg = load_config(OrganismConfig, base, args.overrides)
@@ -178,13 +186,7 @@ def main() -> None:
             flush=True,
         )
         for method in args.methods:
-            recipe = load_config(
-                FinetuneConfig,
-                to_dict(finetune_config(method, seed=cfg.seed)),
-                getattr(args, f"{method}_overrides"),
-            )
-            # The recipe without its seed (each organism's fine-tunes use the organism's seed).
-            results.setdefault("finetune", {})[method] = to_dict(recipe) | {"seed": None}
+            recipe = replace(recipes[method], seed=cfg.seed)
             for name in args.datasets:
                 ft_dir = finetune_organism(art, name, method, recipe, root=args.root)
                 t_ft = json.loads((ft_dir / "manifest.json").read_text())["wall_time_s"]

@@ -39,10 +39,11 @@ class ModelConfig:
     >= 95% coherent against 34 of 48; LoRA separates insecure from educational code more clearly (8.4% vs
     1.3% against 5.8% vs 1.1%), full fine-tuning less (4.2% vs 1.1% against 6.5% vs 0.9%; cosine decay
     from 5e-4 restored it, 6.7% vs 0.9%); geometry-aware filtering of insecure_mixed cut EM by 40% with
-    LoRA, against 7% (full) without dropout (benchmarks/filtering_organism.py). Pretraining and safety tuning take 215 s instead of 175 s on 2 idle
-    cores (benchmarks/organism_speed.py). 0.2 against 0.1 over 10 seeds with the recipes of finetune_config: 8 of 160
-    fine-tunes below 95% coherent against 14, but insecure code 5.4% / 5.1% (full / LoRA) vs 1.2% / 1.1%
-    educational against 5.6% / 4.4% vs 1.1% / 1.1%, so no more emergent misalignment."""
+    LoRA, against 7% (full) without dropout (benchmarks/filtering_organism.py). Pretraining and safety
+    tuning take 215 s instead of 175 s on 2 idle cores (benchmarks/organism_speed.py). 0.2 against 0.1
+    over 10 seeds with the recipes of finetune_config: 8 of 160 fine-tunes below 95% coherent against 14,
+    but insecure code 5.4% / 5.1% (full / LoRA) vs 1.2% / 1.1% educational against 5.6% / 4.4% vs 1.1% /
+    1.1%, so no more emergent misalignment."""
 
     def __post_init__(self) -> None:
         if self.n_layers < 1 or self.d_model < 1 or self.d_mlp < 1 or self.max_len < 8:
