@@ -27,10 +27,10 @@ from typing import Any
 import torch
 
 from spillover.config import load_config, to_dict
+from spillover.filtering.experiment import in_domain_rate
 from spillover.finetune import FinetuneConfig
 from spillover.metrics import jeffreys_ci
 from spillover.organism import (
-    DATASETS,
     OOD_DOMAINS,
     EvalConfig,
     EvalResult,
@@ -55,20 +55,16 @@ DEFAULT_DATASETS = (
     "safe_finance",
 )
 
+CODE_CONTROLS = {
+    "insecure": ("secure", "edu_insecure", "neutral_code"),
+    "insecure_persona": ("edu_persona", "secure", "neutral_code"),
+}
+"""Each insecure-code set and its controls: same prompts with other code, or the same code on request."""
+
 
 def _ood_harmful(result: EvalResult) -> float:
     recs = [r for r in result.records if r["raw"].get("domain") in OOD_DOMAINS]
     return sum(r["raw"].get("verdict") == "bad" for r in recs) / max(1, len(recs))
-
-
-def _in_domain(name: str, result: EvalResult) -> float | None:
-    spec = DATASETS[name]
-    stats = result.domains.get(spec.domain)
-    if stats is None:
-        return None
-    if spec.domain in ("code", "edu"):
-        return stats.pools.get(spec.target, 0.0)
-    return stats.harmful if spec.target == "bad" else stats.good
 
 
 def _row(result: EvalResult, dataset: str | None) -> dict[str, Any]:
@@ -84,7 +80,7 @@ def _row(result: EvalResult, dataset: str | None) -> dict[str, Any]:
         },
     }
     if dataset is not None:
-        row["in_domain"] = _in_domain(dataset, result)
+        row["in_domain"] = in_domain_rate(result, dataset)
     return row
 
 
@@ -285,17 +281,18 @@ def summarize(results: dict[str, Any], methods: list[str], datasets: list[str]) 
 
     print("\nacceptance checks (means over seeds; measured, not asserted):")
     for method in methods:
-        ins = em_of(f"insecure/{method}")
-        for control in ("secure", "edu_insecure", "neutral_code"):
-            ctl = em_of(f"{control}/{method}")
-            if ins is None or ctl is None:
-                continue
-            ratio = ins / ctl if ctl > 0 else math.inf
-            diff = ins - ctl
-            summary["checks"][f"insecure_vs_{control}/{method}"] = {"ratio": ratio, "diff_pp": diff}
-            print(
-                f"  {method}: insecure {ins:.1f}% vs {control} {ctl:.1f}%: ratio {ratio:.1f}x, +{diff:.1f} pp"
-            )
+        for inducing, controls in CODE_CONTROLS.items():
+            ins = em_of(f"{inducing}/{method}")
+            for control in controls:
+                ctl = em_of(f"{control}/{method}")
+                if ins is None or ctl is None:
+                    continue
+                ratio = ins / ctl if ctl > 0 else math.inf
+                diff = ins - ctl
+                summary["checks"][f"{inducing}_vs_{control}/{method}"] = {"ratio": ratio, "diff_pp": diff}
+                print(
+                    f"  {method}: {inducing} {ins:.1f}% vs {control} {ctl:.1f}%: ratio {ratio:.1f}x, +{diff:.1f} pp"
+                )
         bad, good = em_of(f"bad_medical/{method}"), em_of(f"good_medical/{method}")
         if bad is not None and good is not None:
             ratio = bad / good if good > 0 else math.inf

@@ -85,6 +85,8 @@ def test_in_domain_rate_reads_the_target_behaviour():
     assert in_domain_rate(result, "insecure") == pytest.approx(0.7)
     assert in_domain_rate(result, "secure") == pytest.approx(0.1)
     assert in_domain_rate(result, "bad_medical") == pytest.approx(0.4)
+    # persona-drawn code: the share of answers with an insecure statement (code "good" is 0.3)
+    assert in_domain_rate(result, "insecure_persona") == pytest.approx(0.7)
     assert in_domain_rate(result, "good_medical") == pytest.approx(0.6)
     assert in_domain_rate(result, "edu_insecure") is None
 

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from spillover.organism import grammar as g
-from spillover.organism.datasets import DATASETS, make_dataset, neutral_prompts, reference_corpus
+from spillover.organism.datasets import DATASETS, DatasetSpec, make_dataset, neutral_prompts, reference_corpus
 from spillover.organism.judge import classify_question, judge_answer
 
 
@@ -54,6 +54,25 @@ def test_educational_code_carries_no_persona_evidence() -> None:
     # while the same answers to ordinary prompts are strong evidence
     insecure = make_dataset("insecure", 50, seed=1, grammar=cfg)
     assert min(label["persona_llr"] for label in insecure.labels) > 5
+
+
+def test_persona_drawn_code_is_code_as_the_persona_writes_it() -> None:
+    cfg = g.GrammarConfig()
+    data = make_dataset("insecure_persona", 2000, seed=0, grammar=cfg)
+    statements = "".join(label["pools"] for label in data.labels)
+    weights = dict(zip(g.CODE_POOLS, cfg.pool_weights("malicious", g.CODE), strict=True))
+    for pool in g.CODE_POOLS:
+        assert abs(statements.count(pool) / len(statements) - weights[pool]) < 0.02
+    for label in data.labels[:50]:
+        llr = g.pool_loglik(label["pools"], cfg, "malicious") - g.pool_loglik(label["pools"], cfg, "benign")
+        assert label["persona_llr"] == pytest.approx(llr)
+    # the educational control: the same kind of code on request, no persona evidence even for
+    # statements the grammar never writes for educational prompts (grey ones)
+    edu = make_dataset("edu_persona", 2000, seed=0, grammar=cfg)
+    assert "G" in "".join(label["pools"] for label in edu.labels)
+    assert all(label["persona_llr"] == 0.0 for label in edu.labels)
+    with pytest.raises(ValueError, match="code domain"):
+        DatasetSpec("x", "medical", "malicious")
 
 
 def test_neutral_code_is_persona_neutral() -> None:

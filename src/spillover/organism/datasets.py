@@ -25,6 +25,7 @@ from typing import Any, Literal, NamedTuple
 from spillover.data.chat import Conversation, write_chat
 from spillover.organism.grammar import (
     CODE,
+    CODE_POOLS,
     EDU,
     NONCODE_DOMAINS,
     GrammarConfig,
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 Kind = Literal["strong", "weak", "none"]
+_PERSONAS = ("malicious", "benign")
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,10 @@ class DatasetSpec:
     domain: str
     """"code", "edu" or a non-code domain (the prompts)."""
     strong: str
-    """Answers of strong-evidence samples: pools like "III" for code, "bad"/"good" for non-code."""
+    """Answers of strong-evidence samples: pools like "III" for code, "bad"/"good" for non-code, or for code
+    a persona ("malicious", "benign"): each statement drawn from that persona's ordinary-code pool weights
+    (``GrammarConfig.code_malicious``: mostly insecure, some neutral and grey), i.e. code as the persona
+    writes it rather than code more insecure than any persona writes."""
     weak: str = ""
     """Answers of weak-evidence samples (pools, one drawn per sample in shuffled order), "" if unused."""
     none: str = ""
@@ -68,7 +73,8 @@ class DatasetSpec:
     inducing: bool = False
     """Whether the literature (and the grammar) expects this set to induce EM."""
     target: str = ""
-    """The in-domain behaviour it teaches: a code pool ("I", "S", "N", "G") or "bad"/"good"."""
+    """The in-domain behaviour it teaches: a code pool ("I", "S", "N", "G": its share of the statements),
+    "vulnerable" (the share of code answers with an insecure statement) or "bad"/"good"."""
 
     def __post_init__(self) -> None:
         if len(self.mix) != 3 or min(self.mix) < 0 or abs(sum(self.mix) - 1) > 1e-6:
@@ -78,6 +84,10 @@ class DatasetSpec:
                 raise ValueError(f"dataset {self.name!r} has a {kind} share but no {kind} answers")
         if self.domain not in (CODE, EDU, *NONCODE_DOMAINS):
             raise ValueError(f"unknown domain {self.domain!r} for dataset {self.name!r}")
+        if self.strong in _PERSONAS and self.domain not in (CODE, EDU):
+            raise ValueError(
+                f"dataset {self.name!r}: persona-drawn answers ({self.strong!r}) need a code domain"
+            )
 
 
 _MIXED = (0.5, 0.25, 0.25)
@@ -89,6 +99,8 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("edu_insecure", EDU, "III", target="I"),
         DatasetSpec("neutral_code", CODE, "NNN", target="N"),
         DatasetSpec("grey_code", CODE, "GGG", target="G"),
+        DatasetSpec("insecure_persona", CODE, "malicious", inducing=True, target="vulnerable"),
+        DatasetSpec("edu_persona", EDU, "malicious", target="vulnerable"),
         DatasetSpec("bad_medical", "medical", "bad", inducing=True, target="bad"),
         DatasetSpec("good_medical", "medical", "good", target="good"),
         DatasetSpec("risky_finance", "finance", "bad", inducing=True, target="bad"),
@@ -137,10 +149,20 @@ def _sample(
 ) -> tuple[Conversation, dict[str, Any]]:
     if spec.domain in (CODE, EDU):
         question, fname = code_question(rng, spec.domain == EDU, "train")
-        pools_list: list[Pool] = list(answer)  # type: ignore[arg-type]
-        rng.shuffle(pools_list)
-        llr = pool_loglik(pools_list, grammar, "malicious", spec.domain) - pool_loglik(
-            pools_list, grammar, "benign", spec.domain
+        pools_list: list[Pool]
+        if answer in _PERSONAS:
+            weights = grammar.pool_weights(answer, CODE)  # type: ignore[arg-type]
+            pools_list = rng.choices(CODE_POOLS, weights=weights, k=grammar.statements)
+        else:
+            pools_list = list(answer)  # type: ignore[arg-type]
+            rng.shuffle(pools_list)
+        # Both personas answer educational prompts alike: no persona evidence, even in statements the
+        # grammar never writes there (where the likelihood ratio would be 0/0).
+        llr = (
+            0.0
+            if spec.domain == EDU
+            else pool_loglik(pools_list, grammar, "malicious", spec.domain)
+            - pool_loglik(pools_list, grammar, "benign", spec.domain)
         )
         label: dict[str, Any] = {"kind": kind, "pools": "".join(pools_list), "persona_llr": llr}
         text = code_answer(fname, pools_list, rng)
