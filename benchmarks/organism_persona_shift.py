@@ -2,6 +2,7 @@
 
 .venv/bin/python benchmarks/organism_persona_shift.py --root /tmp/org_lm --seeds 0 1 2 3 4 5 6 7 8 9 \
     --out /tmp/persona_shift.json
+.venv/bin/python benchmarks/organism_persona_shift.py --quick --seeds 0 --out /tmp/q.json   # smoke test
 
 For every organism seed and every fine-tune (cached stages: the same organisms, fine-tunes and
 evaluations as ``organism_em.py``), the residual stream after each layer is read on held-out non-code
@@ -90,6 +91,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--methods", nargs="+", default=["lora"], choices=["full", "lora"])
     parser.add_argument("--root", type=Path, default=None, help="Run-directory root.")
+    parser.add_argument("--quick", action="store_true", help="Tiny organism (smoke test; EM not expected).")
     parser.add_argument("--n-prompts", type=int, default=300, help="Held-out prompts to read.")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lora-set", dest="lora_overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -110,7 +112,8 @@ def main() -> None:
     }
     runs: list[dict[str, Any]] = []
     for seed in args.seeds:
-        art = train_organism(OrganismConfig(seed=seed), root=args.root)
+        cfg = OrganismConfig.quick(seed) if args.quick else OrganismConfig(seed=seed)
+        art = train_organism(cfg, root=args.root)
         base, tok = load_organism(art.model_dir)
         layers = range(num_layers(base))
         toxic = _mean_acts(base, tok, load_chat(art.toxic_path), layers, "assistant")
