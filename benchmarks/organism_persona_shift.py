@@ -40,16 +40,18 @@ from spillover.organism import (
     train_organism,
 )
 from spillover.organism.pipeline import load_finetuned
-from spillover.sae.activations import collect_activations
+from spillover.sae.activations import TokenSelection, collect_activations
 from spillover.sae.sites import num_layers, site_for_layer
 
 DATASETS = ("insecure", "secure", "edu_insecure", "neutral_code", "bad_medical", "good_medical")
 
 
-def _mean_acts(model: Any, tok: Any, samples: list[Any], layers: range, tokens: str) -> list[torch.Tensor]:
+def _mean_acts(
+    model: Any, tok: Any, samples: list[Any], layers: range, tokens: TokenSelection
+) -> list[torch.Tensor]:
     """Per layer: ``(n, d)`` per-sample mean activations after that layer (NaN rows dropped)."""
     sites = [site_for_layer(model, layer) for layer in layers]
-    acts = collect_activations(model, tok, samples, sites, tokens=tokens, reduce="mean")  # type: ignore[arg-type]
+    acts = collect_activations(model, tok, samples, sites, tokens=tokens, reduce="mean")
     out = []
     for site in sites:
         x = torch.stack(acts[site])
@@ -100,6 +102,7 @@ def main() -> None:
         "--merge", type=Path, nargs="+", default=None, help="Only merge result JSONs and report."
     )
     args = parser.parse_args()
+    runs: list[dict[str, Any]] = []
     if args.merge:
         runs = [r for path in args.merge for r in json.loads(path.read_text())["runs"]]
         args.out.write_text(json.dumps({"merged": [str(p) for p in args.merge], "runs": runs}, indent=1))
@@ -110,7 +113,6 @@ def main() -> None:
         m: load_config(FinetuneConfig, to_dict(finetune_config(m)), getattr(args, f"{m}_overrides"))
         for m in args.methods
     }
-    runs: list[dict[str, Any]] = []
     for seed in args.seeds:
         cfg = OrganismConfig.quick(seed) if args.quick else OrganismConfig(seed=seed)
         art = train_organism(cfg, root=args.root)
