@@ -78,6 +78,7 @@ def report(runs: list[dict[str, Any]], methods: list[str], datasets: list[str]) 
                 f"{statistics.fmean(last):+.3f} ± {se:.3f} | {' / '.join(f'{v:+.2f}' for v in last)} | "
                 f"{' '.join(f'{v:+.3f}' for v in per_layer)} |"
             )
+    runs = [r for r in runs if r["method"] in methods and r["dataset"] in datasets]
     if len(runs) >= 3:
         for i in range(len(runs[0]["shift"])):
             rho = spearmanr([r["shift"][i] for r in runs], [r["em"] or 0 for r in runs]).statistic
