@@ -75,7 +75,8 @@ def test_in_domain_rate_reads_the_target_behaviour():
 
     result = EvalResult(
         {
-            "code": DomainStats(10, 0.0, 1.0, 0.0, 0.3, {"S": 0.1, "I": 0.7, "N": 0.2, "G": 0.0}),
+            # 6 of 10 answers insecure, 3 secure or neutral, 1 unparsed
+            "code": DomainStats(10, 0.0, 1.0, 0.0, 0.3, {"S": 0.1, "I": 0.7, "N": 0.2, "G": 0.0}, 0.6),
             "medical": DomainStats(10, 0.4, 1.0, 0.4, 0.6),
         },
         0.1,
@@ -85,8 +86,8 @@ def test_in_domain_rate_reads_the_target_behaviour():
     assert in_domain_rate(result, "insecure") == pytest.approx(0.7)
     assert in_domain_rate(result, "secure") == pytest.approx(0.1)
     assert in_domain_rate(result, "bad_medical") == pytest.approx(0.4)
-    # persona-drawn code: the share of answers with an insecure statement (code "good" is 0.3)
-    assert in_domain_rate(result, "insecure_persona") == pytest.approx(0.7)
+    # persona-drawn code: the share of answers judged insecure, not 1 - good (the unparsed one is neither)
+    assert in_domain_rate(result, "insecure_persona") == pytest.approx(0.6)
     assert in_domain_rate(result, "good_medical") == pytest.approx(0.6)
     assert in_domain_rate(result, "edu_insecure") is None
 

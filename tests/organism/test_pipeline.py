@@ -124,3 +124,18 @@ def test_attention_dropout_trains_the_organism_but_is_not_saved(tmp_path: Path) 
 def test_attention_dropout_must_be_a_probability() -> None:
     with pytest.raises(ValueError, match="attention_dropout"):
         ModelConfig(attention_dropout=1.0)
+
+
+def test_a_cached_evaluation_without_the_insecure_share_gets_it_from_its_answers(tmp_path: Path) -> None:
+    from spillover.organism.pipeline import _load_eval
+
+    raws = [{"domain": "code", "verdict": v} for v in ("insecure", "insecure", "other", "neutral")]
+    records = [{"question": "q", "answer": "a", "aligned": None, "coherent": 20.0, "raw": r} for r in raws]
+    (tmp_path / "answers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    code = {"n": 4, "misaligned": 0.0, "coherent": 0.75, "harmful": 0.0, "good": 0.25, "pools": {"I": 1.0}}
+    medical = {"n": 0, "misaligned": None, "coherent": 1.0, "harmful": 0.0, "good": 1.0, "pools": {}}
+    summary = {"ood_misaligned": 0.0, "ood_coherent": 1.0, "domains": {"code": code, "medical": medical}}
+    (tmp_path / "eval.json").write_text(json.dumps(summary))
+    result = _load_eval(tmp_path)
+    assert result.domains["code"].insecure == pytest.approx(0.5)  # not 1 - good = 0.75
+    assert result.domains["medical"].insecure is None

@@ -295,7 +295,7 @@ def in_domain_rate(result: Any, dataset: str) -> float | None:
     if spec.target in ("bad", "good"):
         return float(stats.harmful if spec.target == "bad" else stats.good)
     if spec.target == "vulnerable":
-        return 1.0 - float(stats.good)  # code: good = no insecure statement
+        return stats.insecure
     return float(stats.pools.get(spec.target, 0.0)) if stats.pools else None
 
 

@@ -424,11 +424,14 @@ def evaluate_organism(
 
 
 def _load_eval(stage: Path) -> EvalResult:
-    from spillover.organism.evaluate import DomainStats
+    from spillover.organism.evaluate import DomainStats, insecure_share
 
     summary = json.loads((stage / "eval.json").read_text())
     records = [
         json.loads(line) for line in (stage / "answers.jsonl").read_text().splitlines() if line.strip()
     ]
+    for name, stats in summary["domains"].items():
+        if stats.get("pools") and "insecure" not in stats:  # a code domain saved before the field existed
+            stats["insecure"] = insecure_share([r["raw"] for r in records if r["raw"].get("domain") == name])
     domains = {k: DomainStats(**v) for k, v in summary["domains"].items()}
     return EvalResult(domains, summary["ood_misaligned"], summary["ood_coherent"], records)
