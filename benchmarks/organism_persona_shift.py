@@ -11,7 +11,7 @@ the mean change projected on the organism's persona direction d = mean(toxic ans
 answers) (the reference corpora, same layer), divided by |d|^2: 0 = no movement, 1 = the whole
 benign-to-toxic gap. It is the spillover of method.md measured without an SAE (d is a persona vector,
 Chen et al. 2025), printed beside the out-of-domain misaligned rate of the same fine-tune, with the
-Spearman correlation of the two over all runs.
+Spearman correlation of the two over the fine-tunes reported.
 """
 
 from __future__ import annotations
