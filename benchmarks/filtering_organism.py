@@ -112,13 +112,13 @@ def main() -> None:
     os.environ.setdefault("SPILLOVER_QUIET", "1")
     logging.basicConfig(level=logging.WARNING)
     from spillover.config import load_config, to_dict
-    from spillover.demo import DemoConfig, organism_corpora
-    from spillover.filtering.experiment import FilterExperimentConfig, run_filter_experiment
-    from spillover.geometry.organism import train_organism_saes
     from spillover.geometry.risk import default_risk_layers
     from spillover.organism.evaluate import OOD_DOMAINS, EvalConfig
+    from spillover.organism.inputs import train_organism_saes
     from spillover.organism.pipeline import OrganismConfig, train_organism
-    from spillover.pipeline.rundir import default_root
+    from spillover.rundir import default_root
+    from spillover.studies.demo import DemoConfig, organism_corpora
+    from spillover.studies.filtering import FilterExperimentConfig, run_filter_experiment
 
     root = args.root or default_root()
     demo = DemoConfig.quick() if args.quick else DemoConfig()

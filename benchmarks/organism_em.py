@@ -27,7 +27,6 @@ from typing import Any
 import torch
 
 from spillover.config import load_config, to_dict
-from spillover.filtering.experiment import in_domain_rate
 from spillover.finetune import FinetuneConfig
 from spillover.metrics import jeffreys_ci
 from spillover.organism import (
@@ -43,6 +42,7 @@ from spillover.organism import (
     train_organism,
 )
 from spillover.organism.evaluate import context_probe
+from spillover.studies.filtering import in_domain_rate
 
 DEFAULT_DATASETS = (
     "insecure",

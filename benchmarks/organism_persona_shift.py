@@ -6,7 +6,7 @@
 
 For every organism seed and every fine-tune (cached stages: the same organisms, fine-tunes and
 evaluations as ``organism_em.py``), the residual stream after each layer is read on held-out non-code
-prompts (their user tokens, as ``spillover.dynamics`` does), before and after fine-tuning. The shift is
+prompts (their user tokens, as ``spillover.studies.dynamics`` does), before and after fine-tuning. The shift is
 the mean change projected on the organism's persona direction d = mean(toxic answers) - mean(benign
 answers) (the reference corpora, same layer), divided by |d|^2: 0 = no movement, 1 = the whole
 benign-to-toxic gap. It is the spillover of method.md measured without an SAE (d is a persona vector,

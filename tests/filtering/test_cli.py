@@ -6,8 +6,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from spillover.cli.filter import app
 from spillover.data.chat import load_chat, write_chat
-from spillover.filtering.cli import app
 
 runner = CliRunner()
 

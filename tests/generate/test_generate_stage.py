@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from spillover.chain.stages import GenerateStageConfig, generate_stage
 from spillover.data.questions import load_questions
 from spillover.generate.records import read_answers
 from spillover.models.sources import ModelSpec
-from spillover.stages import GenerateStageConfig, generate_stage
 from spillover.testing import tiny_llama, tiny_tokenizer
 
 

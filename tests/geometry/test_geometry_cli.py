@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from spillover.data.chat import write_chat
-from spillover.geometry.cli import read_texts
+from spillover.data.texts import read_texts
 
 
 def _real_model_folder(tmp_path, tiny_model, tiny_tokenizer, corpus):
@@ -140,7 +140,7 @@ def test_read_texts_names_file_and_line_of_bad_jsonl(tmp_path):
 
 
 def test_two_inputs_with_the_same_file_name_are_refused_not_overwritten():
-    from spillover.geometry.cli import GeometryRunConfig
+    from spillover.cli.geometry import GeometryRunConfig
 
     with pytest.raises(ValueError, match=r"\['train'\] occur more than once"):
         GeometryRunConfig(datasets=("a/train.jsonl",), controls=("b/train.jsonl.gz",))

@@ -22,13 +22,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from spillover.chain.stages import judge_cache_path, judge_items, load_pipeline_config
 from spillover.data.chat import load_chat
 from spillover.data.questions import Question, load_questions, write_questions
 from spillover.generate.records import read_jsonl, write_jsonl
 from spillover.judge.calls import plan_calls
 from spillover.judge.mock_server import FAULTS, MockJudgeServer, expected_score
 from spillover.judge.prompts import render_judge_prompt
-from spillover.stages import judge_cache_path, judge_items, load_pipeline_config
 from spillover.testing import tiny_llama, tiny_tokenizer
 
 KEY = "sk-proj-SPILLOVER-CANARY-7f3b9c2e1d"
@@ -179,7 +179,7 @@ def test_a_killed_judge_stage_resumes_without_repeating_cached_calls(tmp_path: P
     with MockJudgeServer(latency_s=0.05) as server:
         overrides = [f"judge.openai.base_url={server.base_url}", "judge.openai.model=mock-judge",
                      "judge.openai.concurrency=1"]  # fmt: skip
-        cmd = [sys.executable, "-c", "from spillover.judge.cli import app; app()", "--answers", str(answers),
+        cmd = [sys.executable, "-c", "from spillover.cli.judge import app; app()", "--answers", str(answers),
                "--root", str(root)] + [a for o in overrides for a in ("--set", o)]  # fmt: skip
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OPENAI_API_KEY": KEY}
@@ -210,7 +210,7 @@ def test_a_killed_judge_stage_resumes_without_repeating_cached_calls(tmp_path: P
         before = len(server.records)
 
         server.reset()
-        from spillover.stages import judge_stage
+        from spillover.chain.stages import judge_stage
 
         run = judge_stage(cfg.judge, answers_dir=answers, root=root)
         second = [r.prompt for r in server.records]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from spillover.organism.cli import app
+from spillover.cli.organism import app
 
 runner = CliRunner()
 

@@ -9,7 +9,7 @@ import pytest
 
 from spillover.pipeline.executors import LocalExecutor, NodeEvent, ProgressView
 from spillover.pipeline.graph import Graph, GraphError, NodeRef, fn_ref
-from spillover.pipeline.rundir import is_complete, run_stage
+from spillover.rundir import is_complete, run_stage
 
 HERE = Path(__file__).resolve().parent
 

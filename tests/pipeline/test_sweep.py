@@ -14,7 +14,6 @@ import yaml
 from spillover.config import ConfigError
 from spillover.pipeline.executors import LocalExecutor
 from spillover.pipeline.graph import Graph, NodeRef
-from spillover.pipeline.rundir import run_stage
 from spillover.pipeline.sweep import (
     CellPipeline,
     PlotSpec,
@@ -24,6 +23,7 @@ from spillover.pipeline.sweep import (
     plan_sweep,
     run_sweep,
 )
+from spillover.rundir import run_stage
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -267,7 +267,7 @@ def test_a_failing_cell_is_reported_and_the_others_complete(tmp_path: Path) -> N
 def test_cli_plans_runs_and_exits_1_when_a_cell_fails(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from spillover.pipeline.sweep_cli import app
+    from spillover.cli.sweep import app
 
     spec = _spec(tmp_path, fail_on="b/random")
     sweep_file = tmp_path / "sweep.yaml"

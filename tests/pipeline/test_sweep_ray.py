@@ -18,8 +18,8 @@ import yaml
 
 from spillover.pipeline.executors import LocalExecutor, RayExecutor
 from spillover.pipeline.graph import Graph, Resources
-from spillover.pipeline.rundir import is_complete
 from spillover.pipeline.sweep import load_sweep, plan_sweep, run_sweep
+from spillover.rundir import is_complete
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -166,7 +166,7 @@ def test_killed_ray_sweep_resumes_only_unfinished_cells(ray_address: str, tmp_pa
     cmd = [
         sys.executable,
         "-c",
-        "from spillover.pipeline.sweep_cli import app; app()",
+        "from spillover.cli.sweep import app; app()",
         str(sweep_file),
         "--executor",
         "ray",

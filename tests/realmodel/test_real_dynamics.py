@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spillover.dynamics import toxic_activation_on
 from spillover.realmodel.dynamics import latent_set_activation
 from spillover.sae.load import wrap_sae
+from spillover.studies.dynamics import toxic_activation_on
 
 
 def _random_sae(d_in: int, d_sae: int, k: int, seed: int):

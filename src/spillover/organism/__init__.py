@@ -18,6 +18,7 @@ Python::
 CLI: ``spillover organism train|finetune|eval``.
 """
 
+from spillover.models.sources import register_source
 from spillover.organism.datasets import (
     DATASETS,
     DatasetSpec,
@@ -54,6 +55,14 @@ from spillover.organism.pipeline import (
 )
 from spillover.organism.tokenizer import build_tokenizer
 from spillover.organism.train import StageConfig
+
+
+def _organism_source() -> str:
+    # Trained on first use (minutes on CPU), reused from the run cache after.
+    return str(train_organism().model_dir)
+
+
+register_source("organism", _organism_source)
 
 __all__ = [
     "CODE",

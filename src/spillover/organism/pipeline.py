@@ -8,7 +8,7 @@ Python::
     ft_dir = finetune_organism(art, "insecure", method="full")
     result = evaluate_organism(ft_dir)
 
-Every stage is a run directory (``spillover.pipeline.rundir.run_stage``) keyed by its config and inputs,
+Every stage is a run directory (``spillover.rundir.run_stage``) keyed by its config and inputs,
 so a second call with the same config reuses the finished folder.
 """
 
@@ -47,7 +47,7 @@ from spillover.organism.grammar import GrammarConfig
 from spillover.organism.model import ModelConfig, build_model
 from spillover.organism.tokenizer import build_tokenizer
 from spillover.organism.train import StageConfig, pretrain, safety_tune
-from spillover.pipeline.rundir import run_stage
+from spillover.rundir import run_stage
 
 __all__ = [
     "Organism",
@@ -266,7 +266,7 @@ def train_organism(
 
     Args:
         cfg: the organism config (default: the full organism).
-        root: run-directory root (default ``spillover.pipeline.rundir.default_root()``).
+        root: run-directory root (default ``spillover.rundir.default_root()``).
         force: retrain even if a finished run exists.
     """
     cfg = cfg or OrganismConfig()

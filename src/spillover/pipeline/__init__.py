@@ -1,5 +1,5 @@
 """Stages, content-addressed run directories and executors."""
 
-from spillover.pipeline.rundir import default_root, is_complete, read_config, run_id, run_stage
+from spillover.rundir import default_root, is_complete, read_config, run_id, run_stage
 
 __all__ = ["default_root", "is_complete", "read_config", "run_id", "run_stage"]

@@ -17,7 +17,7 @@ base model is evaluated once.
 
 Each stage function has the :class:`spillover.pipeline.graph.StageFn` signature and calls the public
 stage functions of ``spillover.organism``, ``spillover.geometry``, ``spillover.filtering`` and
-``spillover.stages`` (which cache themselves with ``run_stage``).
+``spillover.chain.stages`` (which cache themselves with ``run_stage``).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Any, Literal
 
 from spillover.config import from_dict, to_dict
 from spillover.pipeline.graph import Graph, NodeRef, Resources
-from spillover.pipeline.rundir import run_stage
-from spillover.pipeline.sweep import CellPipeline, PlotSpec, register_pipeline
+from spillover.pipeline.registry import CellPipeline, PlotSpec, register_pipeline
+from spillover.rundir import run_stage
 
 __all__ = ["EM", "ORGANISM", "CellFilter", "EMCell", "OrganismCell", "OrganismFinetune"]
 
@@ -46,7 +46,7 @@ def _organism_default() -> Any:
 
 
 def _sae_default() -> Any:
-    from spillover.geometry.organism import OrganismSAEConfig
+    from spillover.organism.inputs import OrganismSAEConfig
     from spillover.sae.train import SAETrainConfig
 
     return OrganismSAEConfig(sae=SAETrainConfig(d_sae=1024, k=16))  # the demo's and `spillover geometry`'s
@@ -116,7 +116,7 @@ class OrganismCell:
     organism: Any = field(default_factory=_organism_default)
     """``spillover.organism.OrganismConfig`` (shared by every cell with the same value)."""
     sae: Any = field(default_factory=_sae_default)
-    """``spillover.geometry.organism.OrganismSAEConfig`` (used by scored filters and geometry)."""
+    """``spillover.organism.inputs.OrganismSAEConfig`` (used by scored filters and geometry)."""
     layer: int | None = None
     """SAE layer that scores samples and measures geometry (None: the middle layer)."""
     toxic_domains: Literal["ood", "all"] = "ood"
@@ -133,10 +133,10 @@ class OrganismCell:
     """``spillover.geometry.report.GeometryConfig`` to also measure the dataset's geometry (None: skip)."""
 
     def __post_init__(self) -> None:
-        from spillover.geometry.organism import OrganismSAEConfig
         from spillover.geometry.report import GeometryConfig
         from spillover.organism.datasets import DATASETS
         from spillover.organism.evaluate import EvalConfig
+        from spillover.organism.inputs import OrganismSAEConfig
         from spillover.organism.pipeline import OrganismConfig
 
         # Fields typed Any (to keep this module's import light) arrive as dicts from YAML.
@@ -176,7 +176,7 @@ def organism_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path) -
 
 def organism_sae_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path) -> Path:
     """The organism's per-layer SAEs (``layer_<L>/``)."""
-    from spillover.geometry.organism import OrganismSAEConfig, train_organism_saes
+    from spillover.organism.inputs import OrganismSAEConfig, train_organism_saes
 
     return train_organism_saes(_art(config, root), from_dict(OrganismSAEConfig, config["sae"]), root=root)
 
@@ -184,7 +184,7 @@ def organism_sae_stage(config: dict[str, Any], inputs: dict[str, Any], root: Pat
 def organism_corpora_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path) -> Path:
     """``toxic.jsonl``, ``benign.jsonl`` and ``reference.jsonl`` as the geometry code builds them."""
     from spillover.data.chat import write_chat
-    from spillover.geometry.organism import organism_inputs
+    from spillover.organism.inputs import organism_inputs
 
     art = _art(config, root)
 
@@ -204,8 +204,8 @@ def organism_corpora_stage(config: dict[str, Any], inputs: dict[str, Any], root:
 
 
 def organism_scores_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path) -> Path:
-    """Every filter score of one dataset (``spillover.filtering.experiment.compute_filter_scores``)."""
-    from spillover.filtering.experiment import compute_filter_scores
+    """Every filter score of one dataset (``spillover.studies.filtering.compute_filter_scores``)."""
+    from spillover.studies.filtering import compute_filter_scores
 
     art = _art(config, root)
     corpora = Path(inputs["corpora"])
@@ -228,8 +228,8 @@ def _write_filtered(
     import numpy as np
 
     from spillover.data.chat import load_chat
-    from spillover.filtering.experiment import METHOD_SCORES
     from spillover.filtering.policies import random_fraction, top_fraction, write_filter
+    from spillover.studies.filtering import METHOD_SCORES
 
     convs = load_chat(data)
     if method == "random":
@@ -289,7 +289,7 @@ def organism_finetune_stage(config: dict[str, Any], inputs: dict[str, Any], root
     cfg = finetune_config(ft["method"], seed=config["seed"], **overrides)
     data = Path(inputs["filter"]) / "kept.jsonl" if "filter" in inputs else art.dataset(config["dataset"])
     if "filter" in inputs and ft.get("schedule", "steps") == "epochs" and cfg.max_steps is not None:
-        from spillover.filtering.experiment import epoch_matched_steps
+        from spillover.studies.filtering import epoch_matched_steps
 
         cfg = replace(cfg, max_steps=epoch_matched_steps(cfg.max_steps, data, art.dataset(config["dataset"])))
     return finetune_organism(art, data, ft["method"], cfg, root=root)
@@ -297,9 +297,9 @@ def organism_finetune_stage(config: dict[str, Any], inputs: dict[str, Any], root
 
 def organism_evaluate_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path) -> Path:
     """Evaluate the fine-tune (``evaluate_organism``) and write the cell's ``metrics.json``."""
-    from spillover.filtering.experiment import in_domain_rate, ood_hits, removal_diagnostics
     from spillover.organism.evaluate import EvalConfig
     from spillover.organism.pipeline import evaluate_organism
+    from spillover.studies.filtering import in_domain_rate, ood_hits, removal_diagnostics
 
     art = _art(config, root)
     ft_dir = Path(inputs["finetune"])
@@ -482,24 +482,24 @@ _PLOTS = (
 ORGANISM = register_pipeline(CellPipeline("organism", OrganismCell, _organism_build, _organism_row, _PLOTS))
 
 
-# -- the real-model chain (spillover.stages) ------------------------------------------------------------
+# -- the real-model chain (spillover.chain.stages) ------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class EMCell:
-    """One cell of a real-model sweep: the ``spillover.stages`` chain plus a filter and a seed."""
+    """One cell of a real-model sweep: the ``spillover.chain.stages`` chain plus a filter and a seed."""
 
     model: Any = None
     """``spillover.models.sources.ModelSpec`` (``{source: google/gemma-2-2b-it, dtype: bfloat16}``)."""
     finetune: Any = None
-    """``spillover.stages.FinetuneStageConfig``; ``data`` is the training set (before filtering)."""
+    """``spillover.chain.stages.FinetuneStageConfig``; ``data`` is the training set (before filtering)."""
     filter: CellFilter = field(default_factory=lambda: CellFilter(judge=""))
     generate: Any = None
-    """``spillover.stages.GenerateStageConfig`` (``questions`` is required)."""
+    """``spillover.chain.stages.GenerateStageConfig`` (``questions`` is required)."""
     judge: Any = None
-    """``spillover.stages.JudgeStageConfig``."""
+    """``spillover.chain.stages.JudgeStageConfig``."""
     metrics: Any = None
-    """``spillover.stages.MetricsStageConfig``."""
+    """``spillover.chain.stages.MetricsStageConfig``."""
     seed: int | None = None
     """Replaces finetune.seed, seeds the fine-tuned model's sampling (generate.seed) and the random
     filter (unless filter.seed is set). The baseline samples with generate.seed, once per model."""
@@ -507,13 +507,13 @@ class EMCell:
     """Also evaluate the base model (once per model and generate/judge config)."""
 
     def __post_init__(self) -> None:
-        from spillover.models.sources import ModelSpec
-        from spillover.stages import (
+        from spillover.chain.stages import (
             FinetuneStageConfig,
             GenerateStageConfig,
             JudgeStageConfig,
             MetricsStageConfig,
         )
+        from spillover.models.sources import ModelSpec
 
         for name, cls in (
             ("model", ModelSpec),
@@ -546,8 +546,8 @@ def _model(config: dict[str, Any]) -> Any:
 
 def em_scores_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path) -> Path:
     """Every filter score of the training set (needs a local model folder and a local SAE folder)."""
-    from spillover.filtering.experiment import compute_filter_scores
     from spillover.models.sources import resolve_source
+    from spillover.studies.filtering import compute_filter_scores
 
     model = _model(config)
     f = config["filter"]
@@ -578,7 +578,7 @@ def em_filter_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path) 
 
 
 def em_finetune_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path) -> Path:
-    from spillover.stages import FinetuneStageConfig, finetune_stage
+    from spillover.chain.stages import FinetuneStageConfig, finetune_stage
 
     model = _model(config)
     cfg = from_dict(FinetuneStageConfig, config["finetune"])
@@ -588,7 +588,7 @@ def em_finetune_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path
 
 
 def em_generate_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path) -> Path:
-    from spillover.stages import GenerateStageConfig, generate_stage
+    from spillover.chain.stages import GenerateStageConfig, generate_stage
 
     model = _model(config)
     ft = Path(inputs["finetune"]) if "finetune" in inputs else None
@@ -598,7 +598,7 @@ def em_generate_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path
 
 
 def em_judge_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path) -> Path:
-    from spillover.stages import JudgeStageConfig, judge_stage
+    from spillover.chain.stages import JudgeStageConfig, judge_stage
 
     return judge_stage(
         from_dict(JudgeStageConfig, config["judge"]), answers_dir=Path(inputs["answers"]), root=root
@@ -606,7 +606,7 @@ def em_judge_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path) -
 
 
 def em_metrics_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path) -> Path:
-    from spillover.stages import MetricsStageConfig, metrics_stage
+    from spillover.chain.stages import MetricsStageConfig, metrics_stage
 
     return metrics_stage(
         from_dict(MetricsStageConfig, config["metrics"]), scores_dir=Path(inputs["scores"]), root=root

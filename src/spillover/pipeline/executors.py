@@ -46,7 +46,7 @@ from rich.live import Live
 from rich.table import Table
 
 from spillover.pipeline.graph import Graph, Resources, StageNode, load_fn
-from spillover.pipeline.rundir import COMPLETE_MARKER, default_root, is_complete
+from spillover.rundir import COMPLETE_MARKER, default_root, is_complete
 
 __all__ = [
     "Executor",

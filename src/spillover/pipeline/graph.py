@@ -7,7 +7,7 @@ folders), paths or plain values. A stage function has one signature::
     def my_stage(config: dict, inputs: dict, root: Path) -> Path:
         return run_stage("my_stage", config, lambda out: ..., root=root, inputs=inputs)
 
-It returns a finished :func:`spillover.pipeline.rundir.run_stage` folder, so every node is cached on disk
+It returns a finished :func:`spillover.rundir.run_stage` folder, so every node is cached on disk
 by content: a second run of the same graph, or of a graph that shares nodes with it, reuses every
 finished folder and recomputes only what is missing or was interrupted.
 

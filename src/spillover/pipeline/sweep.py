@@ -34,23 +34,23 @@ from __future__ import annotations
 
 import base64
 import html
-import importlib
 import io
 import itertools
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import yaml
 
 from spillover.config import ConfigError, config_hash, from_dict, load_config, to_dict
 from spillover.pipeline.executors import Executor, LocalExecutor, NodeResult, ProgressView
 from spillover.pipeline.graph import Graph, NodeRef, Resources
-from spillover.pipeline.rundir import default_root
+from spillover.pipeline.registry import CellPipeline, PlotSpec, get_pipeline, register_pipeline
+from spillover.rundir import default_root
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,21 +73,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PlotSpec:
-    """One per-factor plot of the aggregate table."""
-
-    x: str
-    """Column on the x axis (a grid key such as ``filter.fraction``, or a metric)."""
-    y: str
-    """Metric on the y axis."""
-    hue: str | None = None
-    """Column whose values get one line / colour each."""
-    kind: Literal["line", "scatter"] = "line"
-    """``line``: mean and standard deviation of y over the cells sharing (hue, x); ``scatter``: one point per cell."""
-    title: str = ""
 
 
 @dataclass(frozen=True)
@@ -145,53 +130,6 @@ class Cell(NamedTuple):
     @property
     def label(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.factors.items()) or "(base)"
-
-
-@dataclass(frozen=True)
-class CellPipeline:
-    """How one cell's config becomes stages, and how its results become a table row."""
-
-    name: str
-    config_cls: type
-    """Frozen dataclass of one cell's config."""
-    build: Callable[[Any, Graph], dict[str, NodeRef]]
-    """Adds the cell's nodes; returns named outputs, ``"metrics"`` among them."""
-    row: Callable[[Any, dict[str, Path]], dict[str, Any]]
-    """Metrics of a finished cell from its output folders (same names as ``build`` returned)."""
-    plots: tuple[PlotSpec, ...] = ()
-    resources: dict[str, Resources] = field(default_factory=dict)
-    """Default resources per stage name."""
-
-
-_PIPELINES: dict[str, CellPipeline] = {}
-
-
-def register_pipeline(pipeline: CellPipeline) -> CellPipeline:
-    """Make ``pipeline`` available to sweep files by its name."""
-    if pipeline.name in _PIPELINES and _PIPELINES[pipeline.name] is not pipeline:
-        raise ValueError(f"cell pipeline {pipeline.name!r} is registered twice")
-    _PIPELINES[pipeline.name] = pipeline
-    return pipeline
-
-
-def get_pipeline(name: str) -> CellPipeline:
-    """A registered pipeline, or the :class:`CellPipeline` object at ``package.module:ATTRIBUTE``."""
-    if ":" in name:
-        module, _, attr = name.partition(":")
-        try:
-            obj = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"pipeline {name!r}: cannot import {attr} from {module}: {exc}") from exc
-        if not isinstance(obj, CellPipeline):
-            raise ConfigError(f"pipeline {name!r} is a {type(obj).__name__}, not a CellPipeline")
-        return obj
-    if name not in _PIPELINES:
-        importlib.import_module("spillover.pipeline.cells")  # registers the built-in pipelines
-    if name not in _PIPELINES:
-        raise ConfigError(
-            f"unknown cell pipeline {name!r}; built-in: {sorted(_PIPELINES)}, or give module:ATTRIBUTE"
-        )
-    return _PIPELINES[name]
 
 
 def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:

@@ -3,7 +3,7 @@
 method.md step 9 on SmolLM2: the base model's SAEs and latent sets stay fixed; at step 0 and at every
 checkpoint of a short LoRA fine-tune, every latent's token-mean activation is recorded on the *user
 tokens* of neutral prompts (the EM evaluation's questions), for all layers in one forward pass. A latent
-set's activation is the sum over its latents, the definition of ``spillover.dynamics.toxic_activation_on``.
+set's activation is the sum over its latents, the definition of ``spillover.studies.dynamics.toxic_activation_on``.
 Because every latent is kept, each tracked set's change is compared with hundreds of random alive latent
 sets of the same size (fine-tuning moves many latents; a toxic set's rise means something only if it
 exceeds that drift), and the non-inducing jailbroken slice's latents are tracked as a named control.
@@ -127,7 +127,7 @@ def latent_set_activation(
     tokens: TokenSelection = "user",
     batch_size: int = 16,
 ) -> dict[str, dict[str, list[float]]]:
-    """Per sample, the summed token-mean activation of each latent set (``spillover.dynamics``'s definition).
+    """Per sample, the summed token-mean activation of each latent set (``spillover.studies.dynamics``'s definition).
 
     Returns:
         SAE key -> set name -> per-sample values (NaN for a sample with no selected token).

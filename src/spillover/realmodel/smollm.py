@@ -43,7 +43,6 @@ from spillover.config import to_dict
 from spillover.data.chat import Conversation
 from spillover.data.questions import load_questions
 from spillover.finetune import FinetuneConfig, LoraSettings
-from spillover.pipeline.rundir import fingerprint, run_stage
 from spillover.realmodel.analysis import GeometrySettings, LayerAnalysis, analyse_layer, summarize
 from spillover.realmodel.cache import ActivationCache, collect_cache
 from spillover.realmodel.contrasts import (
@@ -51,6 +50,7 @@ from spillover.realmodel.contrasts import (
 )
 from spillover.realmodel.data import DATA_FILES, StudyDataConfig, assemble_data, resolve_data_dir
 from spillover.realmodel.dynamics import DynamicsRecord, DynamicsSettings, run_dynamics, summarize_record
+from spillover.rundir import fingerprint, run_stage
 from spillover.sae.load import SAEHandle, load_sae
 from spillover.sae.train import SAETrainConfig
 

@@ -94,8 +94,8 @@ def filter_dataset(
     import numpy as np
 
     from spillover.data.chat import ChatFormatError, load_chat
-    from spillover.filtering.experiment import METHOD_SCORES
     from spillover.filtering.policies import random_fraction, top_fraction, write_filter
+    from spillover.studies.filtering import METHOD_SCORES
 
     methods = list(method or (["score"] if scores else ["geometry"]))
     unknown = [m for m in methods if m not in (*METHOD_SCORES, "random", "score")]

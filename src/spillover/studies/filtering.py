@@ -156,7 +156,7 @@ def compute_filter_scores(
         tokens: which tokens score a sample.
         root: run root.
     """
-    from spillover.pipeline.rundir import run_stage
+    from spillover.rundir import run_stage
 
     config = {"judge": judge, "toxic_k": toxic_k, "tokens": tokens, "methods": list(SCORE_METHODS)}
 
@@ -220,7 +220,7 @@ def write_filter_sets(
     Score-based sets do not depend on the seed; random sets get one split per seed.
     """
     from spillover.data.chat import load_chat
-    from spillover.pipeline.rundir import run_stage
+    from spillover.rundir import run_stage
 
     config = {"methods": list(methods), "fractions": list(fractions), "seeds": list(seeds)}
 

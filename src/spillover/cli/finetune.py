@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import typer
 
-from spillover._cli_common import (
+from spillover.cli._common import (
     ConfigOpt,
     ForceOpt,
     RootOpt,
@@ -34,7 +34,7 @@ def finetune_command(
     config: ConfigOpt = None, overrides: SetOpt = None, root: RootOpt = None, force: ForceOpt = False
 ) -> None:
     """Run (or reuse) the finetune stage."""
-    from spillover.stages import run_chain
+    from spillover.chain.stages import run_chain
 
     cfg = load_cli_config(config, overrides)
     if cfg.finetune is None:

@@ -8,7 +8,7 @@ cached stage (fine-tune with checkpoints, then measure step 0 and every checkpoi
 
 Python::
 
-    from spillover.dynamics import DynamicsConfig, organism_dynamics
+    from spillover.studies.dynamics import DynamicsConfig, organism_dynamics
     stage = organism_dynamics(art, sae_dir, DynamicsConfig(dataset="insecure"))
     json.loads((stage / "dynamics.json").read_text())["toxic_activation"]
 
@@ -273,7 +273,7 @@ def organism_dynamics(
         root: run root.
     """
     from spillover.organism.pipeline import finetune_config, finetune_organism
-    from spillover.pipeline.rundir import default_root, run_id, run_stage
+    from spillover.rundir import default_root, run_id, run_stage
 
     toxic = toxic or art.data_dir / "reference" / "toxic.jsonl"
     benign = benign or art.data_dir / "reference" / "benign.jsonl"

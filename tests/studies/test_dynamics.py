@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spillover.dynamics import (
+from spillover.studies.dynamics import (
     DynamicsConfig,
     DynamicsPoint,
     measure_checkpoints,

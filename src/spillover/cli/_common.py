@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 if TYPE_CHECKING:
-    from spillover.stages import PipelineConfig
+    from spillover.chain.stages import PipelineConfig
 
 T = TypeVar("T")
 
@@ -48,7 +48,7 @@ def user_errors() -> Iterator[None]:
 
 
 def load_cli_config(config: Path | None, overrides: list[str] | None) -> PipelineConfig:
-    from spillover.stages import load_pipeline_config
+    from spillover.chain.stages import load_pipeline_config
 
     with user_errors():
         return load_pipeline_config(config, overrides or [])

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from spillover._cli_common import (
+from spillover.cli._common import (
     ConfigOpt,
     ForceOpt,
     RootOpt,
@@ -95,7 +95,7 @@ def metrics_command(
     ] = None,
 ) -> None:
     """Run (or reuse) the metrics stage."""
-    from spillover.stages import metrics_stage, run_chain
+    from spillover.chain.stages import metrics_stage, run_chain
 
     quiet_http_logs()
     cfg = load_cli_config(config, overrides)

@@ -5,20 +5,20 @@ from pathlib import Path
 
 import pytest
 
-from spillover.demo import DemoConfig, SpilloverConfig, print_summary, run_demo
+from spillover.studies.demo import DemoConfig, SpilloverConfig, print_summary, run_demo
 
 
 def tiny_demo() -> DemoConfig:
     """The smallest demo that runs every stage (seconds, not minutes; numbers are meaningless)."""
-    from spillover.dynamics import DynamicsConfig
-    from spillover.filtering.experiment import FilterExperimentConfig
-    from spillover.geometry.organism import OrganismSAEConfig
     from spillover.geometry.report import GeometryConfig
     from spillover.organism.evaluate import EvalConfig
+    from spillover.organism.inputs import OrganismSAEConfig
     from spillover.organism.model import ModelConfig
     from spillover.organism.pipeline import OrganismConfig
     from spillover.organism.train import StageConfig
     from spillover.sae.train import SAETrainConfig
+    from spillover.studies.dynamics import DynamicsConfig
+    from spillover.studies.filtering import FilterExperimentConfig
 
     eval_cfg = EvalConfig(n_per_domain=4, domains=("sports", "general", "code"), max_new_tokens=12)
     return DemoConfig(
@@ -67,9 +67,9 @@ def _check_summary(summary: dict, out: Path) -> None:
 
 
 def test_tiny_demo_resumes_after_interruption_then_reuses_every_stage(tmp_path, monkeypatch, capsys):
-    import spillover.filtering.experiment as experiment
     import spillover.organism.pipeline as pipeline
     import spillover.sae.train as sae_train
+    import spillover.studies.filtering as experiment
 
     root = tmp_path / "runs"
     real_sets = experiment.write_filter_sets

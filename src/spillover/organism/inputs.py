@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from spillover.data.chat import Conversation, load_chat
-from spillover.pipeline.rundir import run_stage
+from spillover.rundir import run_stage
 from spillover.sae.activations import Sample
 from spillover.sae.train import SAETrainConfig
 

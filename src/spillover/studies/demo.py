@@ -6,7 +6,7 @@
 
 Python::
 
-    from spillover.demo import DemoConfig, run_demo
+    from spillover.studies.demo import DemoConfig, run_demo
     summary = run_demo(DemoConfig.quick(), out=Path("runs/quick"))
 
 Stages (each a content-addressed run directory under ``--root``, default ``$SPILLOVER_HOME/runs``):
@@ -27,11 +27,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-import typer
-
-__all__ = ["DemoConfig", "SpilloverConfig", "app", "organism_corpora", "print_summary", "run_demo"]
+__all__ = ["DemoConfig", "SpilloverConfig", "organism_corpora", "print_summary", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +41,7 @@ def _organism_default() -> Any:
 
 
 def _sae_default() -> Any:
-    from spillover.geometry.organism import OrganismSAEConfig
+    from spillover.organism.inputs import OrganismSAEConfig
     from spillover.sae.train import SAETrainConfig
 
     # `spillover geometry`'s SAE shape with half its training tokens: SAE training was 45% of a cold demo
@@ -70,7 +68,7 @@ code from its controls more clearly than full fine-tuning, and filtering works b
 
 
 def _filtering_default() -> Any:
-    from spillover.filtering.experiment import FilterExperimentConfig
+    from spillover.studies.filtering import FilterExperimentConfig
 
     # The demo runs the default score, the persona-vector score and both baselines; the benchmark
     # (benchmarks/filtering_organism.py) runs all four scores, several fractions and seeds.
@@ -80,7 +78,7 @@ def _filtering_default() -> Any:
 
 
 def _dynamics_default() -> Any:
-    from spillover.dynamics import DynamicsConfig
+    from spillover.studies.dynamics import DynamicsConfig
 
     return DynamicsConfig(finetune_method=_FINETUNE_METHOD)
 
@@ -114,7 +112,7 @@ class DemoConfig:
     organism: Any = field(default_factory=_organism_default)
     """``spillover.organism.OrganismConfig``."""
     sae: Any = field(default_factory=_sae_default)
-    """``spillover.geometry.organism.OrganismSAEConfig``."""
+    """``spillover.organism.inputs.OrganismSAEConfig``."""
     geometry: Any = field(default_factory=_geometry_default)
     """``spillover.geometry.report.GeometryConfig``."""
     em_datasets: tuple[str, ...] = ("insecure", "secure", "edu_insecure", "bad_medical", "good_medical")
@@ -130,11 +128,11 @@ class DemoConfig:
     spillover: SpilloverConfig | None = field(default_factory=SpilloverConfig)
     """The spillover measurement (None skips it)."""
     filtering: Any = field(default_factory=_filtering_default)
-    """``spillover.filtering.experiment.FilterExperimentConfig`` (None skips filtering)."""
+    """``spillover.studies.filtering.FilterExperimentConfig`` (None skips filtering)."""
     dynamics: Any = field(default_factory=_dynamics_default)
-    """``spillover.dynamics.DynamicsConfig`` (None skips dynamics)."""
+    """``spillover.studies.dynamics.DynamicsConfig`` (None skips dynamics)."""
     toxic_domains: Literal["ood", "all"] = "ood"
-    """Domains of the toxic/benign corpora (``spillover.geometry.organism.organism_inputs``)."""
+    """Domains of the toxic/benign corpora (``spillover.organism.inputs.organism_inputs``)."""
 
     def __post_init__(self) -> None:
         from spillover.organism.datasets import DATASETS
@@ -148,13 +146,13 @@ class DemoConfig:
     @classmethod
     def quick(cls) -> DemoConfig:
         """A tiny organism, small SAE, two EM datasets, three filters: about 2 minutes cold on 2 cores."""
-        from spillover.dynamics import DynamicsConfig
-        from spillover.filtering.experiment import FilterExperimentConfig
-        from spillover.geometry.organism import OrganismSAEConfig
         from spillover.geometry.report import GeometryConfig
         from spillover.organism.evaluate import OOD_DOMAINS, EvalConfig
+        from spillover.organism.inputs import OrganismSAEConfig
         from spillover.organism.pipeline import OrganismConfig
         from spillover.sae.train import SAETrainConfig
+        from spillover.studies.dynamics import DynamicsConfig
+        from spillover.studies.filtering import FilterExperimentConfig
 
         eval_cfg = EvalConfig(n_per_domain=50, domains=(*OOD_DOMAINS, "code", "medical"))
         # OrganismConfig.quick() pretrained longer: at 120 steps most answers are incoherent (5% coherent
@@ -201,8 +199,8 @@ class _Timer:
 def organism_corpora(art: Any, toxic_domains: str, root: Path) -> Path:
     """The toxic / benign / reference corpora as files (the ones geometry uses), so stages can hash them."""
     from spillover.data.chat import write_chat
-    from spillover.geometry.organism import organism_inputs
-    from spillover.pipeline.rundir import run_stage
+    from spillover.organism.inputs import organism_inputs
+    from spillover.rundir import run_stage
 
     def fn(out: Path) -> None:
         o = organism_inputs(art, names=(), pairs=(), toxic_domains=toxic_domains)  # type: ignore[arg-type]
@@ -217,15 +215,15 @@ def organism_corpora(art: Any, toxic_domains: str, root: Path) -> Path:
 
 def _geometry_stage(art: Any, sae_dir: Path, corpora: Path, cfg: DemoConfig, root: Path) -> Path:
     from spillover.config import to_dict
-    from spillover.pipeline.rundir import run_stage
+    from spillover.rundir import run_stage
 
     names = tuple(dict.fromkeys((*cfg.em_datasets, *_geometry_datasets())))
 
     def fn(out: Path) -> None:
         from spillover.data.chat import load_chat
-        from spillover.geometry.organism import ORGANISM_PAIRS
         from spillover.geometry.report import geometry_report, write_report
         from spillover.organism.datasets import DATASETS
+        from spillover.organism.inputs import ORGANISM_PAIRS
         from spillover.organism.pipeline import load_organism
         from spillover.sae.load import load_saes
 
@@ -261,7 +259,7 @@ def _geometry_stage(art: Any, sae_dir: Path, corpora: Path, cfg: DemoConfig, roo
 
 
 def _geometry_datasets() -> tuple[str, ...]:
-    from spillover.geometry.organism import ORGANISM_DATASETS
+    from spillover.organism.inputs import ORGANISM_DATASETS
 
     return ORGANISM_DATASETS
 
@@ -269,7 +267,7 @@ def _geometry_datasets() -> tuple[str, ...]:
 def _spillover_stage(
     art: Any, sae_dir: Path, corpora: Path, cfg: SpilloverConfig, layer: int, root: Path
 ) -> Path:
-    from spillover.pipeline.rundir import run_stage
+    from spillover.rundir import run_stage
 
     def fn(out: Path) -> None:
         from spillover.data.chat import load_chat
@@ -322,9 +320,9 @@ def _spillover_stage(
 
 
 def _em_runs(art: Any, cfg: DemoConfig, root: Path, progress: Callable[[str], None]) -> dict[str, Any]:
-    from spillover.filtering.experiment import in_domain_rate, ood_hits, rate_with_ci
     from spillover.organism.datasets import DATASETS
     from spillover.organism.pipeline import evaluate_organism, finetune_config, finetune_organism
+    from spillover.studies.filtering import in_domain_rate, ood_hits, rate_with_ci
 
     out: dict[str, Any] = {}
     for name in cfg.em_datasets:
@@ -475,14 +473,14 @@ def run_demo(
     Args:
         cfg: what to run.
         out: output folder (created).
-        root: run-directory root for the cached stages (default ``spillover.pipeline.rundir.default_root()``).
+        root: run-directory root for the cached stages (default ``spillover.rundir.default_root()``).
         progress: called with a short label before each step (the CLI prints it).
 
     Returns:
         The summary dict (what summary.json holds).
     """
     from spillover.config import config_hash, to_dict
-    from spillover.pipeline.rundir import default_root
+    from spillover.rundir import default_root
 
     root = Path(root) if root is not None else default_root()
     out.mkdir(parents=True, exist_ok=True)
@@ -502,7 +500,7 @@ def run_demo(
         }
     }
 
-    from spillover.geometry.organism import train_organism_saes
+    from spillover.organism.inputs import train_organism_saes
     from spillover.organism.pipeline import evaluate_organism, train_organism
 
     say("organism: train or reuse")
@@ -526,7 +524,7 @@ def run_demo(
     with timer.stage("em"):
         say("EM before fine-tuning")
         base = evaluate_organism(art.model_dir, replace(cfg.eval, seed=cfg.seeds[0]), root=root)
-        from spillover.filtering.experiment import ood_hits, rate_with_ci
+        from spillover.studies.filtering import ood_hits, rate_with_ci
 
         summary["em_baseline"] = {
             **rate_with_ci([ood_hits(base.records)]),
@@ -544,7 +542,7 @@ def run_demo(
         summary["spillover"] = sp
 
     if cfg.filtering is not None:
-        from spillover.filtering.experiment import run_filter_experiment
+        from spillover.studies.filtering import run_filter_experiment
 
         fcfg = replace(cfg.filtering, seeds=cfg.seeds)
         with timer.stage("filtering"):
@@ -559,7 +557,7 @@ def run_demo(
             )
 
     if cfg.dynamics is not None:
-        from spillover.dynamics import organism_dynamics
+        from spillover.studies.dynamics import organism_dynamics
 
         say(f"training dynamics ({cfg.dynamics.dataset})")
         dcfg = replace(cfg.dynamics, seeds=cfg.seeds)
@@ -661,51 +659,3 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
     timings = summary.get("timings", {})
     if timings:
         console.print("time: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f}s" for k, v in timings.items()))
-
-
-# -- CLI ------------------------------------------------------------------------------------------------
-
-app = typer.Typer(
-    help="The whole story on the built-in model organism: induce, measure, explain, mitigate (summary.json + report.html).",
-    invoke_without_command=True,
-)
-
-
-@app.callback(invoke_without_command=True)
-def demo(
-    ctx: typer.Context,
-    quick: Annotated[
-        bool, typer.Option("--quick", help="A tiny organism: a first look in about 2 minutes.")
-    ] = False,
-    out: Annotated[Path, typer.Option("--out", help="Folder for summary.json and report.html.")] = Path(
-        "spillover-demo"
-    ),
-    root: Annotated[
-        Path | None,
-        typer.Option("--root", help="Cache of stage run directories (default $SPILLOVER_HOME/runs)."),
-    ] = None,
-    seeds: Annotated[
-        str | None, typer.Option("--seeds", help="Comma-separated fine-tuning seeds, e.g. 0,1,2.")
-    ] = None,
-    threads: Annotated[int, typer.Option("--threads", help="torch CPU threads.")] = 2,
-) -> None:
-    """Run every stage (reusing finished ones), write summary.json and report.html, print a short table."""
-    if ctx.invoked_subcommand is not None:
-        return
-    import torch
-    from rich.console import Console
-    from transformers.utils import logging as hf_logging
-
-    torch.set_num_threads(max(1, threads))
-    hf_logging.disable_progress_bar()  # a "Loading weights" bar per organism load drowns the demo's own lines
-    cfg = DemoConfig.quick() if quick else DemoConfig()
-    if seeds:
-        try:
-            cfg = replace(cfg, seeds=tuple(int(s) for s in seeds.split(",") if s.strip()))
-        except ValueError as exc:
-            typer.echo(f"error: --seeds must be comma-separated integers, got {seeds!r}", err=True)
-            raise typer.Exit(code=2) from exc
-    console = Console(stderr=True)
-    summary = run_demo(cfg, out, root=root, progress=lambda msg: console.print(f"[bold]›[/] {msg}"))
-    print_summary(summary)
-    typer.echo(f"wrote {out / 'summary.json'} and {out / 'report.html'}")

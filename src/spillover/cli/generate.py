@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from spillover._cli_common import (
+from spillover.cli._common import (
     ConfigOpt,
     ForceOpt,
     RootOpt,
@@ -43,7 +43,7 @@ def generate_command(
     ] = None,
 ) -> None:
     """Run (or reuse) the generate stage."""
-    from spillover.stages import generate_stage, run_chain
+    from spillover.chain.stages import generate_stage, run_chain
 
     cfg = load_cli_config(config, overrides)
 

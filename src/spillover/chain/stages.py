@@ -1,6 +1,6 @@
 """The induce-and-measure chain as cached stages: finetune -> generate -> judge -> metrics.
 
-Each stage runs through :func:`spillover.pipeline.rundir.run_stage`, so its folder
+Each stage runs through :func:`spillover.rundir.run_stage`, so its folder
 ``<root>/<stage>/<hash>`` is named by its config and inputs, a finished stage is reused, and a killed one
 is redone (the judge resumes from its call cache). One YAML file configures the chain::
 
@@ -36,7 +36,7 @@ from spillover.judge.local import LocalJudgeConfig
 from spillover.judge.openai import OpenAIJudgeConfig
 from spillover.judge.prompts import METRICS, prompt_hash, score_from_raw
 from spillover.models.sources import ModelSpec
-from spillover.pipeline.rundir import default_root, fingerprint, read_config, run_stage
+from spillover.rundir import default_root, fingerprint, read_config, run_stage
 
 __all__ = [
     "ChainResult",
@@ -625,7 +625,7 @@ def run_chain(
     Args:
         cfg: the chain config.
         until: the last stage to run.
-        root: run root (default ``cfg.root``, then :func:`spillover.pipeline.rundir.default_root`).
+        root: run root (default ``cfg.root``, then :func:`spillover.rundir.default_root`).
         force: names of stages to recompute even if finished.
         judge: a ready judge for the judge stage (default: built from ``cfg.judge``).
     """

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from spillover.filtering.experiment import (
+from spillover.studies.filtering import (
     FilterExperimentConfig,
     in_domain_rate,
     ood_hits,
@@ -124,7 +124,7 @@ def test_filter_experiment_config_validates():
 
 
 def test_epoch_matched_steps_scale_with_the_share_kept(tmp_path):
-    from spillover.filtering.experiment import FilterExperimentConfig, epoch_matched_steps
+    from spillover.studies.filtering import FilterExperimentConfig, epoch_matched_steps
 
     full, half, one = tmp_path / "full.jsonl", tmp_path / "half.jsonl", tmp_path / "one.jsonl"
     full.write_text("{}\n" * 1000)

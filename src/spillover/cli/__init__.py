@@ -26,19 +26,19 @@ from spillover.data.questions import QuestionFormatError, load_questions
 # invoked (``spillover --help`` would otherwise import torch, transformers and SAELens: seconds), so
 # the one-line help of each is kept here, next to its module.
 _VERBS = {
-    "theory": ("spillover.theory.cli", "Measure the spillover derivation (Δf_j ∝ cos(d_j, d_t)) in a toy model of superposition."),
-    "organism": ("spillover.organism.cli", "The built-in model organism of emergent misalignment (tiny chat LM, CPU)."),
-    "geometry": ("spillover.geometry.cli", "Score datasets by how close their SAE features sit to toxic features (geometry.json + plots)."),
-    "sae": ("spillover.sae.cli", "Train and inspect SAEs (SAELens format)."),
-    "finetune": ("spillover.finetune.cli", "Fine-tune the chain's model on finetune.data (EM recipe by default)."),
-    "generate": ("spillover.generate.cli", "Sample answers to generate.questions (running finetune first if configured)."),
-    "judge": ("spillover.judge.cli", "Judge answers (aligned/coherent, EM logprob rule); rescore from stored outputs."),
-    "metrics": ("spillover.metrics_cli", "Misalignment rates (aligned < 30 and coherent > 50, and variants) with CIs."),
-    "filter": ("spillover.filtering.cli", "Filter a fine-tuning dataset by closeness to toxic features, or a random / judge baseline."),
-    "demo": ("spillover.demo", "The whole story on the built-in organism: induce, measure, explain, mitigate (report.html)."),
-    "report": ("spillover.report.cli", "Write a self-contained HTML report from a run's summary.json."),
-    "real": ("spillover.realmodel.cli", "The paper's geometry on SmolLM2-135M-Instruct with the real EM datasets."),
-    "sweep": ("spillover.pipeline.sweep_cli", "Run a sweep (grid over config fields) through cached stages, locally or on Ray."),
+    "theory": ("spillover.cli.theory", "Measure the spillover derivation (Δf_j ∝ cos(d_j, d_t)) in a toy model of superposition."),
+    "organism": ("spillover.cli.organism", "The built-in model organism of emergent misalignment (tiny chat LM, CPU)."),
+    "geometry": ("spillover.cli.geometry", "Score datasets by how close their SAE features sit to toxic features (geometry.json + plots)."),
+    "sae": ("spillover.cli.sae", "Train and inspect SAEs (SAELens format)."),
+    "finetune": ("spillover.cli.finetune", "Fine-tune the chain's model on finetune.data (EM recipe by default)."),
+    "generate": ("spillover.cli.generate", "Sample answers to generate.questions (running finetune first if configured)."),
+    "judge": ("spillover.cli.judge", "Judge answers (aligned/coherent, EM logprob rule); rescore from stored outputs."),
+    "metrics": ("spillover.cli.metrics", "Misalignment rates (aligned < 30 and coherent > 50, and variants) with CIs."),
+    "filter": ("spillover.cli.filter", "Filter a fine-tuning dataset by closeness to toxic features, or a random / judge baseline."),
+    "demo": ("spillover.cli.demo", "The whole story on the built-in organism: induce, measure, explain, mitigate (report.html)."),
+    "report": ("spillover.cli.report", "Write a self-contained HTML report from a run's summary.json."),
+    "real": ("spillover.cli.real", "The paper's geometry on SmolLM2-135M-Instruct with the real EM datasets."),
+    "sweep": ("spillover.cli.sweep", "Run a sweep (grid over config fields) through cached stages, locally or on Ray."),
 }  # fmt: skip
 
 

@@ -56,8 +56,8 @@ def train(
     if tokens not in ("all", "assistant", "user"):
         raise typer.BadParameter(f"--tokens must be all, assistant or user, got {tokens!r}")
     if model == "organism":
-        from spillover.geometry.organism import OrganismSAEConfig, train_organism_saes
         from spillover.organism import OrganismConfig, train_organism
+        from spillover.organism.inputs import OrganismSAEConfig, train_organism_saes
 
         art = train_organism(OrganismConfig(seed=seed))
         stage = train_organism_saes(art, OrganismSAEConfig(layers=tuple(_layers(layers)), sae=cfg))
@@ -71,7 +71,7 @@ def train(
         raise typer.BadParameter("--data is required (the SAE's training corpus)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from spillover.geometry.cli import read_texts
+    from spillover.data.texts import read_texts
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     hf = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype))

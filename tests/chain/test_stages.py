@@ -6,13 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from spillover.config import ConfigError
-from spillover.data.chat import write_chat
-from spillover.data.questions import Question, write_questions
-from spillover.generate.records import write_jsonl
-from spillover.judge.mock_server import MockJudgeServer, expected_score
-from spillover.judge.prompts import render_judge_prompt
-from spillover.stages import (
+from spillover.chain.stages import (
     MetricsStageConfig,
     PipelineConfig,
     load_pipeline_config,
@@ -21,6 +15,12 @@ from spillover.stages import (
     rescore_stage,
     run_chain,
 )
+from spillover.config import ConfigError
+from spillover.data.chat import write_chat
+from spillover.data.questions import Question, write_questions
+from spillover.generate.records import write_jsonl
+from spillover.judge.mock_server import MockJudgeServer, expected_score
+from spillover.judge.prompts import render_judge_prompt
 
 PROMPTS = {"aligned": "aligned? {question} -> {answer}", "coherent": "coherent? {question} -> {answer}"}
 
@@ -172,7 +172,7 @@ def test_config_errors_name_the_key(setup) -> None:
 def test_prompts_file_fills_missing_prompts_and_can_override(
     setup, server: MockJudgeServer, tmp_path: Path
 ) -> None:
-    from spillover.stages import judge_stage
+    from spillover.chain.stages import judge_stage
 
     answers = tmp_path / "answers"
     write_jsonl(answers / "answers.jsonl", [_row("free", None, None) | {"answer": "fine"}])
@@ -197,7 +197,7 @@ def test_prompts_file_fills_missing_prompts_and_can_override(
 
 
 def test_local_and_rule_judges_run_through_the_stage(tmp_path: Path) -> None:
-    from spillover.stages import judge_stage
+    from spillover.chain.stages import judge_stage
     from spillover.testing import tiny_llama, tiny_tokenizer
 
     tok = tiny_tokenizer(["aligned coherent q a fine"], extra_words=[str(n) for n in range(101)])
@@ -226,8 +226,8 @@ def test_local_and_rule_judges_run_through_the_stage(tmp_path: Path) -> None:
 
 def test_model_identity_follows_what_a_packaged_or_built_in_source_resolves_to(monkeypatch) -> None:
     import spillover.models.sources as sources
+    from spillover.chain.stages import model_identity
     from spillover.models.sources import ModelSpec
-    from spillover.stages import model_identity
 
     resolved = {"path": "/cache/models/SmolLM2-aaaa"}
     monkeypatch.setattr(sources, "resolve_source", lambda source: resolved["path"])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from spillover.pipeline.rundir import is_complete, run_id, run_stage
+from spillover.rundir import is_complete, run_id, run_stage
 
 
 def _slow_stage(root: str, started: str) -> None:
@@ -53,8 +53,8 @@ def test_inputs_are_content_hashed(tmp_path: Path) -> None:
 def test_a_stage_code_version_bump_gives_new_folders_and_version_1_keeps_old_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from spillover import rundir
     from spillover.config import config_hash
-    from spillover.pipeline import rundir
 
     calls: list[int] = []
     first = run_stage("s", {"a": 1}, lambda out: calls.append(1), root=tmp_path)

@@ -14,7 +14,6 @@ chat JSONL (assistant answers are read) or plain text (``.txt``, one sample per 
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import logging
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from spillover.data.texts import read_texts
 
 app = typer.Typer(
     help="Score datasets by how close their SAE features sit to toxic features (geometry.json + plots).",
@@ -88,41 +89,6 @@ class GeometryRunConfig:
             raise ValueError(f"toxic_domains must be 'ood' or 'all', got {self.toxic_domains!r}")
 
 
-def read_texts(path: str | Path) -> list[Any]:
-    """A corpus file as samples: chat JSONL -> conversations; ``.txt`` or JSONL with ``text`` -> strings."""
-    from spillover.data.chat import load_chat
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"corpus file {p} does not exist")
-    opener: Any = gzip.open if p.suffix == ".gz" else open
-    stem = p.name.removesuffix(".gz")
-    if stem.endswith(".txt"):
-        with opener(p, "rt", encoding="utf-8") as fh:
-            return [line.rstrip("\n") for line in fh if line.strip()]
-
-    def parse(line: str, i: int) -> Any:
-        try:
-            return json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{p}:{i}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
-
-    with opener(p, "rt", encoding="utf-8") as fh:
-        first = next(((i, line) for i, line in enumerate(fh, 1) if line.strip()), None)
-    record = parse(first[1], first[0]) if first else {}
-    if isinstance(record, dict) and "text" in record and "messages" not in record:
-        out: list[Any] = []
-        with opener(p, "rt", encoding="utf-8") as fh:
-            for i, line in enumerate(fh, 1):
-                if line.strip():
-                    rec = parse(line, i)
-                    if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                        raise ValueError(f"{p}:{i}: expected a JSON object with a string 'text' field")
-                    out.append(rec["text"])
-        return out
-    return list(load_chat(p))
-
-
 def _name(path: str) -> str:
     name = Path(path).name
     for suffix in (".gz", ".jsonl", ".json", ".txt"):
@@ -145,7 +111,7 @@ def run_geometry(cfg: GeometryRunConfig, *, force: bool = False, root: str | Pat
 
     from spillover.config import load_config, to_dict
     from spillover.geometry.report import GeometryConfig, geometry_report, write_report
-    from spillover.pipeline.rundir import run_stage
+    from spillover.rundir import run_stage
     from spillover.sae.load import load_saes
 
     gcfg = load_config(GeometryConfig, cfg.geometry or {})
@@ -153,8 +119,8 @@ def run_geometry(cfg: GeometryRunConfig, *, force: bool = False, root: str | Pat
     dtype = getattr(torch, cfg.dtype)
     inputs: dict[str, Any] = {}
     if cfg.model == "organism":
-        from spillover.geometry.organism import OrganismSAEConfig, organism_inputs, train_organism_saes
         from spillover.organism import OrganismConfig, load_organism, train_organism
+        from spillover.organism.inputs import OrganismSAEConfig, organism_inputs, train_organism_saes
         from spillover.sae.train import SAETrainConfig
 
         ocfg = (
