@@ -114,10 +114,10 @@ def main() -> None:
     from spillover.config import load_config, to_dict
     from spillover.geometry.risk import default_risk_layers
     from spillover.organism.evaluate import OOD_DOMAINS, EvalConfig
-    from spillover.organism.inputs import train_organism_saes
+    from spillover.organism.inputs import organism_corpora, train_organism_saes
     from spillover.organism.pipeline import OrganismConfig, train_organism
     from spillover.rundir import default_root
-    from spillover.studies.demo import DemoConfig, organism_corpora
+    from spillover.studies.demo import DemoConfig
     from spillover.studies.filtering import FilterExperimentConfig, run_filter_experiment
 
     root = args.root or default_root()

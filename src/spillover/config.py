@@ -25,7 +25,15 @@ T = TypeVar("T")
 _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 """A finite decimal number, e.g. "2e-5" (which YAML 1.1 leaves a string)."""
 
-__all__ = ["ConfigError", "config_hash", "from_dict", "load_config", "parse_overrides", "to_dict"]
+__all__ = [
+    "ConfigError",
+    "config_hash",
+    "deep_merge",
+    "from_dict",
+    "load_config",
+    "parse_overrides",
+    "to_dict",
+]
 
 
 class ConfigError(ValueError):
@@ -76,11 +84,12 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     return nested
 
 
-def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``update``, merging nested mappings key by key instead of replacing them."""
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(dict(out[key]), value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -209,5 +218,5 @@ def load_config(
         data = dict(loaded)
     elif source is not None:
         data = dict(source)
-    data = _merge(data, parse_overrides(overrides))
+    data = deep_merge(data, parse_overrides(overrides))
     return from_dict(cls, data)

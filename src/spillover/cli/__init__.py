@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from spillover.cli._common import fail
 from spillover.data.chat import ChatFormatError, load_chat
 from spillover.data.questions import QuestionFormatError, load_questions
 
@@ -94,12 +95,6 @@ def main(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-
-
-def fail(message: str) -> typer.Exit:
-    """Print a clean error (no traceback) and return the exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code=2)
 
 
 def _quantiles(values: list[int]) -> str:

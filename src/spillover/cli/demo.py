@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from spillover.cli._common import fail
 from spillover.studies.demo import DemoConfig, print_summary, run_demo
 
 app = typer.Typer(
@@ -53,8 +54,7 @@ def demo(
         try:
             cfg = replace(cfg, seeds=tuple(int(s) for s in seeds.split(",") if s.strip()))
         except ValueError as exc:
-            typer.echo(f"error: --seeds must be comma-separated integers, got {seeds!r}", err=True)
-            raise typer.Exit(code=2) from exc
+            raise fail(f"--seeds must be comma-separated integers, got {seeds!r}") from exc
     console = Console(stderr=True)
     summary = run_demo(cfg, out, root=root, progress=lambda msg: console.print(f"[bold]›[/] {msg}"))
     print_summary(summary)

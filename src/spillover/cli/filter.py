@@ -23,6 +23,8 @@ from typing import Annotated, Any
 
 import typer
 
+from spillover.cli._common import fail
+
 app = typer.Typer(
     help="Filter a fine-tuning dataset by closeness to toxic features, or by a random / judge baseline.",
     invoke_without_command=True,
@@ -30,11 +32,6 @@ app = typer.Typer(
 )
 
 _GEOMETRY = ("geometry", "toxic_activation", "toxic_subspace", "persona_projection")
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=2)
 
 
 def _read_scores(path: Path, n: int) -> list[float]:
@@ -45,16 +42,16 @@ def _read_scores(path: Path, n: int) -> list[float]:
         try:
             item = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise _fail(f"{path}:{i}: not JSON ({exc.msg})") from exc
+            raise fail(f"{path}:{i}: not JSON ({exc.msg})") from exc
         value = item.get("score") if isinstance(item, dict) else item
         if value is None:
             values.append(float("nan"))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             values.append(float(value))
         else:
-            raise _fail(f'{path}:{i}: expected a number or {{"score": number}}, got {line.strip()[:60]!r}')
+            raise fail(f'{path}:{i}: expected a number or {{"score": number}}, got {line.strip()[:60]!r}')
     if len(values) != n:
-        raise _fail(f"{path} has {len(values)} scores but the dataset has {n} conversations")
+        raise fail(f"{path} has {len(values)} scores but the dataset has {n} conversations")
     return values
 
 
@@ -100,20 +97,20 @@ def filter_dataset(
     methods = list(method or (["score"] if scores else ["geometry"]))
     unknown = [m for m in methods if m not in (*METHOD_SCORES, "random", "score")]
     if unknown:
-        raise _fail(f"unknown --method {unknown}; valid: {[*METHOD_SCORES, 'random', 'score']}")
+        raise fail(f"unknown --method {unknown}; valid: {[*METHOD_SCORES, 'random', 'score']}")
     if "score" in methods and scores is None:
-        raise _fail("--method score ranks by precomputed scores; give them with --scores FILE")
+        raise fail("--method score ranks by precomputed scores; give them with --scores FILE")
     fractions = list(fraction or [0.5])
     if any(not 0 <= f <= 1 for f in fractions):
-        raise _fail(f"--fraction must be in [0, 1], got {fractions}")
+        raise fail(f"--fraction must be in [0, 1], got {fractions}")
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError as exc:
-        raise _fail(f"--seeds must be comma-separated integers, got {seeds!r}") from exc
+        raise fail(f"--seeds must be comma-separated integers, got {seeds!r}") from exc
     try:
         convs = load_chat(dataset)
     except (ChatFormatError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     suffix = ".jsonl.gz" if dataset.name.endswith(".gz") else ".jsonl"
     values: dict[str, Any] = {}
     if scores is not None:
@@ -125,7 +122,7 @@ def filter_dataset(
             if v is None
         ]
         if missing:
-            raise _fail(
+            raise fail(
                 f"geometry scores need {', '.join(missing)} (or use --method random/judge, or --scores)"
             )
         import torch
@@ -138,14 +135,14 @@ def filter_dataset(
         try:  # before the model loads, so a bad reference file fails fast with its name
             toxic_convs, benign_convs = load_chat(toxic), load_chat(benign)
         except (ChatFormatError, FileNotFoundError) as exc:
-            raise _fail(str(exc)) from exc
+            raise fail(str(exc)) from exc
         hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
         hf.eval()
         tokenizer = AutoTokenizer.from_pretrained(model)
         try:
             handle = load_sae(sae, hf)
         except SAELoadError as exc:
-            raise _fail(str(exc)) from exc
+            raise fail(str(exc)) from exc
         ref = toxic_reference(hf, tokenizer, toxic_convs, benign_convs, handle, k=toxic_k)
         feats = sample_features(hf, tokenizer, convs, handle)
         values.update(score_samples(feats, ref, handle.decoder()))
@@ -156,7 +153,7 @@ def filter_dataset(
         try:
             values["judge"] = judge_harmfulness(get_judge(judge), convs).scores
         except KeyError as exc:
-            raise _fail(str(exc)) from exc
+            raise fail(str(exc)) from exc
     out.mkdir(parents=True, exist_ok=True)
     (out / "scores.json").write_text(
         json.dumps({k: [None if np.isnan(x) else float(x) for x in v] for k, v in values.items()})

@@ -24,6 +24,7 @@ from typing import Annotated, Any
 
 import typer
 
+from spillover.cli._common import fail
 from spillover.data.texts import read_texts
 
 app = typer.Typer(
@@ -319,8 +320,7 @@ def geometry(
     base: dict[str, Any] = {}
     if config is not None:
         if not config.is_file():
-            typer.echo(f"error: config file {config} does not exist", err=True)
-            raise typer.Exit(2)
+            raise fail(f"config file {config} does not exist")
         base = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
     flags = {
         "model": model,
@@ -341,8 +341,7 @@ def geometry(
         cfg = load_config(GeometryRunConfig, base, overrides or [])
         stage = run_geometry(cfg, force=force)
     except (ConfigError, FileNotFoundError, ValueError, KeyError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise fail(str(exc)) from exc
     report = json.loads((stage / "geometry.json").read_text())
     typer.echo(_summary(report))
     if out is not None:

@@ -19,6 +19,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from spillover.cli._common import fail
+
 if TYPE_CHECKING:
     from spillover.organism.evaluate import EvalResult
     from spillover.organism.pipeline import OrganismArtifacts
@@ -54,15 +56,13 @@ def _artifacts(
     try:
         cfg = load_config(OrganismConfig, base, overrides or [])
     except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2) from exc
+        raise fail(str(exc)) from exc
     return train_organism(cfg, root=root, force=force)
 
 
 def _method(method: str) -> Literal["full", "lora"]:
     if method not in ("full", "lora"):
-        typer.echo(f"error: --method must be full or lora, got {method!r}", err=True)
-        raise typer.Exit(code=2)
+        raise fail(f"--method must be full or lora, got {method!r}")
     return "full" if method == "full" else "lora"
 
 

@@ -14,6 +14,8 @@ from typing import Annotated
 
 import typer
 
+from spillover.cli._common import fail
+
 app = typer.Typer(
     help="The paper's geometry on SmolLM2-135M-Instruct with the real EM datasets.", no_args_is_help=True
 )
@@ -22,11 +24,6 @@ app = typer.Typer(
 @app.callback()
 def main() -> None:
     """The paper's geometry on SmolLM2-135M-Instruct with the real EM datasets."""
-
-
-def _error(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=2)
 
 
 @app.command("study")
@@ -65,7 +62,7 @@ def study(
             cfg = quick_config(cfg)
         result = run_study(cfg, out_dir=out, root=root, force=force)
     except (ConfigError, FileNotFoundError, ValueError, KeyError) as exc:
-        raise _error(str(exc)) from exc
+        raise fail(str(exc)) from exc
     summary = result.report["summary"]
     for row in summary["geometry_tests"]:
         typer.echo(

@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from spillover.cli._common import fail
+
 app = typer.Typer(
     help="Write a self-contained HTML report (embedded figures) from a run's summary.json.",
     invoke_without_command=True,
@@ -35,6 +37,5 @@ def report(
     try:
         path = write_report(run_dir, out)
     except (FileNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2) from exc
+        raise fail(str(exc)) from exc
     typer.echo(f"wrote {path}")

@@ -15,6 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
+from spillover.cli._common import fail
+
 app = typer.Typer(help="Train and inspect SAEs (SAELens format).", no_args_is_help=True)
 
 
@@ -121,8 +123,7 @@ def info(
         else:
             cfg = handle.sae.cfg
     except (SAELoadError, ValueError, FileNotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise fail(str(exc)) from exc
     typer.echo(f"architecture {cfg.architecture()}  d_in {cfg.d_in}  d_sae {cfg.d_sae}")
     typer.echo(f"hook_name {cfg.metadata.get('hook_name')}  hf_hook_name {cfg.metadata.get('hf_hook_name')}")
     if handle is not None:

@@ -21,6 +21,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from spillover.cli._common import fail
+
 if TYPE_CHECKING:
     from spillover.pipeline.executors import Executor
 
@@ -32,11 +34,6 @@ app = typer.Typer(
 )
 
 _err = Console(stderr=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code=2)
 
 
 @app.callback(invoke_without_command=True)
@@ -84,7 +81,7 @@ def sweep(
     from spillover.pipeline.sweep import load_sweep, plan_sweep, run_sweep
 
     if executor not in ("local", "ray"):
-        raise _fail(f"--executor must be local or ray, got {executor!r}")
+        raise fail(f"--executor must be local or ray, got {executor!r}")
     try:
         spec = load_sweep(sweep_file, overrides or [])
         if max_retries is not None:
@@ -93,7 +90,7 @@ def sweep(
             spec = replace(spec, max_retries=max_retries)
         sweep_plan = plan_sweep(spec)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     if plan:
         _print_plan(sweep_plan)
         return

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
+
+from spillover.cli._common import fail
 
 app = typer.Typer(
     help="Measure the spillover derivation (Δf_j ∝ cos(d_j, d_t)) in a toy model of superposition.",
@@ -19,15 +21,6 @@ app = typer.Typer(
 )
 
 logger = logging.getLogger(__name__)
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        out[key] = (
-            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        )
-    return out
 
 
 @app.callback(invoke_without_command=True)
@@ -49,7 +42,7 @@ def run(
         return
     import torch
 
-    from spillover.config import ConfigError, load_config, to_dict
+    from spillover.config import ConfigError, deep_merge, load_config, to_dict
     from spillover.theory.report import plot_theory
     from spillover.theory.run import TheoryConfig, run_theory
 
@@ -58,12 +51,11 @@ def run(
     if config is not None:
         import yaml
 
-        base = _merge(base, yaml.safe_load(config.read_text(encoding="utf-8")) or {})
+        base = deep_merge(base, yaml.safe_load(config.read_text(encoding="utf-8")) or {})
     try:
         cfg = load_config(TheoryConfig, base, overrides or [])
     except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2) from exc
+        raise fail(str(exc)) from exc
     results = run_theory(cfg)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n", encoding="utf-8")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from spillover.data.chat import Conversation, load_chat
+from spillover.data.chat import Conversation, load_chat, write_chat
 from spillover.rundir import run_stage
 from spillover.sae.activations import Sample
 from spillover.sae.train import SAETrainConfig
@@ -30,6 +30,7 @@ __all__ = [
     "ORGANISM_PAIRS",
     "OrganismInputs",
     "OrganismSAEConfig",
+    "organism_corpora",
     "organism_inputs",
     "train_organism_saes",
 ]
@@ -131,6 +132,23 @@ def organism_inputs(
         reference=_reference(art, n),
         pairs=tuple(p for p in pairs if p[0] in datasets and p[1] in datasets),
         roles=roles,
+    )
+
+
+def organism_corpora(art: Any, toxic_domains: str, root: str | Path | None = None) -> Path:
+    """The toxic, benign and reference corpora of :func:`organism_inputs` as files in a cached stage.
+
+    ``toxic.jsonl``, ``benign.jsonl`` and ``reference.jsonl``: stages that read them hash their contents.
+    """
+
+    def fn(out: Path) -> None:
+        o = organism_inputs(art, names=(), pairs=(), toxic_domains=toxic_domains)  # type: ignore[arg-type]
+        write_chat(out / "toxic.jsonl", o.toxic)
+        write_chat(out / "benign.jsonl", o.benign)
+        write_chat(out / "reference.jsonl", o.reference)
+
+    return run_stage(
+        "organism_corpora", {"toxic_domains": toxic_domains}, fn, root=root, inputs={"data": art.data_dir}
     )
 
 

@@ -183,24 +183,9 @@ def organism_sae_stage(config: dict[str, Any], inputs: dict[str, Any], root: Pat
 
 def organism_corpora_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path) -> Path:
     """``toxic.jsonl``, ``benign.jsonl`` and ``reference.jsonl`` as the geometry code builds them."""
-    from spillover.data.chat import write_chat
-    from spillover.organism.inputs import organism_inputs
+    from spillover.organism.inputs import organism_corpora
 
-    art = _art(config, root)
-
-    def fn(out: Path) -> None:
-        o = organism_inputs(art, names=(), pairs=(), toxic_domains=config["toxic_domains"])
-        write_chat(out / "toxic.jsonl", o.toxic)
-        write_chat(out / "benign.jsonl", o.benign)
-        write_chat(out / "reference.jsonl", o.reference)
-
-    return run_stage(
-        "organism_corpora",
-        {"toxic_domains": config["toxic_domains"]},
-        fn,
-        root=root,
-        inputs={"data": art.data_dir},
-    )
+    return organism_corpora(_art(config, root), config["toxic_domains"], root)
 
 
 def organism_scores_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path) -> Path:

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import yaml
 
-from spillover.config import ConfigError, config_hash, from_dict, load_config, to_dict
+from spillover.config import ConfigError, config_hash, deep_merge, from_dict, load_config, to_dict
 from spillover.pipeline.executors import Executor, LocalExecutor, NodeResult, ProgressView
 from spillover.pipeline.graph import Graph, NodeRef, Resources
 from spillover.pipeline.registry import CellPipeline, PlotSpec, get_pipeline, register_pipeline
@@ -147,23 +147,11 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
     loaded = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
     if not isinstance(loaded, Mapping):
         raise ConfigError(f"{base_path}: the top level must be a mapping of config keys")
-    return SweepSpec(
-        **{**_fields(spec), "base_file": str(base_path), "base": _merge(dict(loaded), spec.base)}
-    )
+    return SweepSpec(**{**_fields(spec), "base_file": str(base_path), "base": deep_merge(loaded, spec.base)})
 
 
 def _fields(spec: SweepSpec) -> dict[str, Any]:
     return {name: getattr(spec, name) for name in SweepSpec.__dataclass_fields__}
-
-
-def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(dict(out[key]), value)
-        else:
-            out[key] = value
-    return out
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

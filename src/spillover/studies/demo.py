@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["DemoConfig", "SpilloverConfig", "organism_corpora", "print_summary", "run_demo"]
+__all__ = ["DemoConfig", "SpilloverConfig", "print_summary", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -194,23 +194,6 @@ class _Timer:
             yield
         finally:
             self.timings[f"{name}_s"] = round(time.perf_counter() - start, 2)
-
-
-def organism_corpora(art: Any, toxic_domains: str, root: Path) -> Path:
-    """The toxic / benign / reference corpora as files (the ones geometry uses), so stages can hash them."""
-    from spillover.data.chat import write_chat
-    from spillover.organism.inputs import organism_inputs
-    from spillover.rundir import run_stage
-
-    def fn(out: Path) -> None:
-        o = organism_inputs(art, names=(), pairs=(), toxic_domains=toxic_domains)  # type: ignore[arg-type]
-        write_chat(out / "toxic.jsonl", o.toxic)
-        write_chat(out / "benign.jsonl", o.benign)
-        write_chat(out / "reference.jsonl", o.reference)
-
-    return run_stage(
-        "demo_corpora", {"toxic_domains": toxic_domains}, fn, root=root, inputs={"data": art.data_dir}
-    )
 
 
 def _geometry_stage(art: Any, sae_dir: Path, corpora: Path, cfg: DemoConfig, root: Path) -> Path:
@@ -500,7 +483,7 @@ def run_demo(
         }
     }
 
-    from spillover.organism.inputs import train_organism_saes
+    from spillover.organism.inputs import organism_corpora, train_organism_saes
     from spillover.organism.pipeline import evaluate_organism, train_organism
 
     say("organism: train or reuse")
