@@ -24,6 +24,7 @@ from typing import Annotated, Any
 import typer
 
 from spillover.cli._common import fail
+from spillover.data.jsonl import iter_jsonl
 
 app = typer.Typer(
     help="Filter a fine-tuning dataset by closeness to toxic features, or by a random / judge baseline.",
@@ -36,20 +37,19 @@ _GEOMETRY = ("geometry", "toxic_activation", "toxic_subspace", "persona_projecti
 
 def _read_scores(path: Path, n: int) -> list[float]:
     values: list[float] = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise fail(f"{path}:{i}: not JSON ({exc.msg})") from exc
-        value = item.get("score") if isinstance(item, dict) else item
-        if value is None:
-            values.append(float("nan"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            values.append(float(value))
-        else:
-            raise fail(f'{path}:{i}: expected a number or {{"score": number}}, got {line.strip()[:60]!r}')
+    try:
+        for where, item in iter_jsonl(path):
+            value = item.get("score") if isinstance(item, dict) else item
+            if value is None:
+                values.append(float("nan"))
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                values.append(float(value))
+            else:
+                raise fail(
+                    f'{where}: expected a number or {{"score": number}}, got {json.dumps(item)[:60]!r}'
+                )
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
     if len(values) != n:
         raise fail(f"{path} has {len(values)} scores but the dataset has {n} conversations")
     return values

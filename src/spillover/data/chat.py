@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import gzip
 import json
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from spillover.data.jsonl import iter_jsonl
 
 __all__ = [
     "ROLES",
@@ -67,28 +68,10 @@ def iter_chat(path: str | Path) -> Iterator[Conversation]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"chat dataset {path} does not exist")
-    lineno = 0
-    try:
-        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as fh:
-            for lineno, raw in enumerate(fh, start=1):
-                where = f"{path}:{lineno}"
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise ChatFormatError(
-                        f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})"
-                    ) from exc
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ChatFormatError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
-                if not isinstance(record, dict) or "messages" not in record:
-                    raise ChatFormatError(f"{where}: expected an object with a 'messages' key")
-                yield validate_messages(record["messages"], where)
-    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise ChatFormatError(f"{path}: corrupt gzip stream after line {lineno} ({exc})") from exc
+    for where, record in iter_jsonl(path, error=ChatFormatError):
+        if not isinstance(record, dict) or "messages" not in record:
+            raise ChatFormatError(f"{where}: expected an object with a 'messages' key")
+        yield validate_messages(record["messages"], where)
 
 
 def load_chat(source: str | Path | Any, *, limit: int | None = None) -> list[Conversation]:

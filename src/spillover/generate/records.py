@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from spillover.data.chat import Conversation
+from spillover.data.jsonl import read_jsonl as _read_jsonl
 from spillover.data.questions import Question
 
 __all__ = [
@@ -115,22 +116,7 @@ def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read JSONL rows; errors name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RecordFormatError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise RecordFormatError(f"{path}:{lineno}: expected a JSON object")
-            rows.append(row)
-    return rows
+    return _read_jsonl(path, error=RecordFormatError)
 
 
 def read_answers(path: str | Path) -> list[AnswerRecord]:
