@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from spillover.report.html import load_summary, render_report, write_report
+from spillover.report.html import load_summary, render_report, write_html_report
 from spillover.report.plots import FIGURES
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -43,7 +43,7 @@ def test_report_of_partial_summary_says_what_is_missing():
 
 def test_write_report_and_cli(tmp_path, summary):
     (tmp_path / "summary.json").write_text(json.dumps(summary))
-    path = write_report(tmp_path)
+    path = write_html_report(tmp_path)
     assert path == tmp_path / "report.html" and path.read_text().startswith("<!DOCTYPE html>")
     from spillover.cli.report import app
 
@@ -66,7 +66,7 @@ def test_load_summary_names_the_file_on_bad_json(tmp_path):
 )
 def test_report_renders_in_headless_chromium(tmp_path, summary):
     (tmp_path / "summary.json").write_text(json.dumps(summary))
-    html_path = write_report(tmp_path)
+    html_path = write_html_report(tmp_path)
     shot = tmp_path / "shot.png"
     profile = tmp_path / "profile"
     cmd = [

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from spillover.theory.toy import ToyConfig, ToyModel, geometry_report, sample_features, train_toy
+from spillover.theory.toy import ToyConfig, ToyModel, sample_features, toy_geometry, train_toy
 
 
 def _hand_built(angles_deg: list[float], norms: list[float] | None = None) -> ToyModel:
@@ -30,7 +30,7 @@ def test_sample_features_respects_probability_and_forced_features():
 
 
 def test_geometry_of_three_features_at_120_degrees():
-    geo = geometry_report(_hand_built([0, 120, 240]))
+    geo = toy_geometry(_hand_built([0, 120, 240]))
     assert geo.n_represented == 3
     assert geo.cos_quantiles == pytest.approx([-0.5] * 7, abs=1e-6)
     assert geo.dims_per_feature == pytest.approx(2 / 3)
@@ -40,7 +40,7 @@ def test_geometry_of_three_features_at_120_degrees():
 
 
 def test_geometry_leaves_unrepresented_features_out_of_cosines():
-    geo = geometry_report(_hand_built([0, 90, 45], norms=[1.0, 1.0, 0.01]))
+    geo = toy_geometry(_hand_built([0, 90, 45], norms=[1.0, 1.0, 0.01]))
     assert geo.n_represented == 2
     assert geo.max_abs_cos == pytest.approx(0.0, abs=1e-6)
 
@@ -50,7 +50,7 @@ def test_sparse_features_train_into_superposition(seed: int):
     toy = train_toy(
         ToyConfig(n_features=6, d_hidden=2, p_active=0.05, steps=800, lr=1e-2, batch_size=512, seed=seed)
     )
-    geo = geometry_report(toy.model)
+    geo = toy_geometry(toy.model)
     assert geo.n_represented > 2  # more features than dimensions
     assert geo.cos_quantiles[0] < -0.5  # and they overlap
     assert geo.dims_per_feature < 0.5
@@ -60,7 +60,7 @@ def test_orthogonal_regime_learns_orthogonal_features():
     toy = train_toy(
         ToyConfig(n_features=4, d_hidden=4, p_active=0.05, steps=800, lr=1e-2, batch_size=512, seed=1)
     )
-    geo = geometry_report(toy.model)
+    geo = toy_geometry(toy.model)
     assert geo.n_represented == 4
     assert geo.max_abs_cos < 0.05
 

@@ -111,7 +111,7 @@ def run_geometry(cfg: GeometryRunConfig, *, force: bool = False, root: str | Pat
     import torch
 
     from spillover.config import load_config, to_dict
-    from spillover.geometry.report import GeometryConfig, geometry_report, write_report
+    from spillover.geometry.report import GeometryConfig, geometry_report, write_geometry_report
     from spillover.rundir import run_stage
     from spillover.sae.load import load_saes
 
@@ -226,7 +226,7 @@ def run_geometry(cfg: GeometryRunConfig, *, force: bool = False, root: str | Pat
             cfg=gcfg,
             meta=meta,
         )
-        write_report(result.report, out)
+        write_geometry_report(result.report, out)
 
     return run_stage("geometry", config, fn, root=root, inputs=inputs, force=force)
 

@@ -32,10 +32,10 @@ def report(
     """Render the report; plotting reads saved results and never calls a model."""
     if ctx.invoked_subcommand is not None:
         return
-    from spillover.report.html import write_report
+    from spillover.report.html import write_html_report
 
     try:
-        path = write_report(run_dir, out)
+        path = write_html_report(run_dir, out)
     except (FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from exc
     typer.echo(f"wrote {path}")

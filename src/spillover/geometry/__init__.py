@@ -32,17 +32,17 @@ if TYPE_CHECKING:
         compare_groups,
         geometry_report,
         pooled_comparison,
-        write_report,
+        write_geometry_report,
     )
     from spillover.geometry.risk import RISK_DEFINITION, RiskMeasure, risk_score
     from spillover.geometry.similarity import (
         GeometrySummary,
         cosine,
         cosine_matrix,
+        excess_toxic_activation,
         feature_geometry,
         mean_difference_direction,
         mean_difference_score,
-        toxic_activation,
     )
     from spillover.geometry.stats import (
         NullResult,
@@ -70,7 +70,7 @@ _EXPORTS = {
     "compare_groups": "spillover.geometry.report",
     "geometry_report": "spillover.geometry.report",
     "pooled_comparison": "spillover.geometry.report",
-    "write_report": "spillover.geometry.report",
+    "write_geometry_report": "spillover.geometry.report",
     "RISK_DEFINITION": "spillover.geometry.risk",
     "RiskMeasure": "spillover.geometry.risk",
     "risk_score": "spillover.geometry.risk",
@@ -80,7 +80,7 @@ _EXPORTS = {
     "feature_geometry": "spillover.geometry.similarity",
     "mean_difference_direction": "spillover.geometry.similarity",
     "mean_difference_score": "spillover.geometry.similarity",
-    "toxic_activation": "spillover.geometry.similarity",
+    "excess_toxic_activation": "spillover.geometry.similarity",
     "NullResult": "spillover.geometry.stats",
     "TestResult": "spillover.geometry.stats",
     "mann_whitney": "spillover.geometry.stats",
@@ -129,7 +129,7 @@ __all__ = [
     "score_datasets",
     "select_features",
     "sign_flip_test",
-    "toxic_activation",
+    "excess_toxic_activation",
     "toxic_features",
-    "write_report",
+    "write_geometry_report",
 ]

@@ -41,9 +41,9 @@ from spillover.geometry.features import (
 from spillover.geometry.risk import RISK_DEFINITION, RiskMeasure, default_risk_layers, risk_score
 from spillover.geometry.similarity import (
     HIST_BINS,
+    excess_toxic_activation,
     feature_geometry,
     mean_difference_score,
-    toxic_activation,
 )
 from spillover.geometry.stats import mann_whitney, permutation_test, random_set_null, sign_flip_test
 from spillover.geometry.validate import context_snippets, logit_lens
@@ -56,7 +56,7 @@ __all__ = [
     "compare_groups",
     "geometry_report",
     "pooled_comparison",
-    "write_report",
+    "write_geometry_report",
 ]
 
 log = logging.getLogger(__name__)
@@ -320,7 +320,7 @@ def geometry_report(
                 "geometry": geo.as_dict(),
                 "null": {m: r.as_dict() for m, r in null.items()},
                 "mean_diff": mean_difference_score(st, ref, stats[TOXIC][k], stats[BENIGN][k]),
-                "toxic_activation": toxic_activation(st, ref, tox_fs, aggregate=cfg.aggregate),
+                "toxic_activation": excess_toxic_activation(st, ref, tox_fs, aggregate=cfg.aggregate),
                 "features": _describe(model, tokenizer, h, fs, st, corpora[name], cfg),
             }
         layer: dict[str, Any] = {
@@ -415,7 +415,7 @@ def _model_max_len(model: nn.Module) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def write_report(report: Mapping[str, Any], out_dir: str | Path, *, plots: bool = True) -> Path:
+def write_geometry_report(report: Mapping[str, Any], out_dir: str | Path, *, plots: bool = True) -> Path:
     """Write ``geometry.json`` (and the plots) into ``out_dir``; returns the JSON path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

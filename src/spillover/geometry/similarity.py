@@ -29,7 +29,7 @@ __all__ = [
     "mean_difference_direction",
     "mean_difference_score",
     "summarize_cosines",
-    "toxic_activation",
+    "excess_toxic_activation",
 ]
 
 HIST_BINS = 40
@@ -166,7 +166,7 @@ def mean_difference_score(
     return cosine(mean_difference_direction(dataset, reference), mean_difference_direction(toxic, benign))
 
 
-def toxic_activation(
+def excess_toxic_activation(
     dataset: FeatureStats, reference: FeatureStats, toxic: FeatureSet, *, aggregate: str = "mean"
 ) -> float:
     """Mean over the toxic latents of the dataset's extra activation on them, ``score(D) - score(ref)``."""

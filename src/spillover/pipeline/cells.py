@@ -321,7 +321,7 @@ def organism_evaluate_stage(config: dict[str, Any], inputs: dict[str, Any], root
 def organism_geometry_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path) -> Path:
     """The dataset's feature geometry vs the toxic features (``geometry.json``, ``score.json``)."""
     from spillover.data.chat import load_chat
-    from spillover.geometry.report import GeometryConfig, geometry_report, write_report
+    from spillover.geometry.report import GeometryConfig, geometry_report, write_geometry_report
     from spillover.organism.pipeline import load_organism
     from spillover.sae.load import load_saes
 
@@ -343,7 +343,7 @@ def organism_geometry_stage(config: dict[str, Any], inputs: dict[str, Any], root
             cfg=gcfg,
             meta={"model": "organism", "sae": str(sae_dir)},
         )
-        write_report(result.report, out, plots=False)
+        write_geometry_report(result.report, out, plots=False)
         layer = next(iter(result.report["layers"].values()))["datasets"][name]["geometry"]
         score = {
             "geometry_score": result.report["risk"]["scores"].get(name),

@@ -69,7 +69,7 @@ __all__ = [
     "plan_sweep",
     "register_pipeline",
     "run_sweep",
-    "write_report",
+    "write_sweep_report",
 ]
 
 log = logging.getLogger(__name__)
@@ -364,7 +364,7 @@ def _log_tail(path: str | None, n: int = 30) -> str:
     return "\n".join(lines[-n:])
 
 
-def write_report(plan: SweepPlan, table: pd.DataFrame, nodes_table: pd.DataFrame, out: Path) -> Path:
+def write_sweep_report(plan: SweepPlan, table: pd.DataFrame, nodes_table: pd.DataFrame, out: Path) -> Path:
     """``report.html``: counts, the aggregate table, the per-factor plots and every failure with its log tail."""
     plots = plan.spec.plots if plan.spec.plots is not None else list(plan.pipeline.plots)
     figures = []
@@ -445,7 +445,7 @@ def run_sweep(
     table.to_csv(out_path / "aggregate.csv", index=False)
     _to_parquet(table, out_path / "aggregate.parquet")
     nodes_table.to_csv(out_path / "nodes.csv", index=False)
-    write_report(plan, table, nodes_table, out_path)
+    write_sweep_report(plan, table, nodes_table, out_path)
     failed = [c.id for c, s in zip(plan.cells, table["status"], strict=True) if s != "done"]
     log.info("sweep %s: %s; table %s", spec.name, view.summary(), out_path / "aggregate.csv")
     return SweepResult(table, nodes, out_path, failed)

@@ -1,5 +1,5 @@
 """Figures and a self-contained HTML report made from saved results only."""
 
-from spillover.report.html import load_summary, render_report, write_report
+from spillover.report.html import load_summary, render_report, write_html_report
 
-__all__ = ["load_summary", "render_report", "write_report"]
+__all__ = ["load_summary", "render_report", "write_html_report"]

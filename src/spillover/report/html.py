@@ -1,7 +1,7 @@
 """One self-contained HTML report from a run's ``summary.json`` (figures embedded as base64 PNGs).
 
     spillover report runs/demo                   # writes runs/demo/report.html
-    python -c "from spillover.report.html import write_report; write_report('runs/demo')"
+    python -c "from spillover.report.html import write_html_report; write_html_report('runs/demo')"
 
 ``summary.json`` layout (every section optional; the report shows what is there). Rates are fractions
 in [0, 1], intervals ``[lo, hi]``:
@@ -38,7 +38,7 @@ from typing import Any
 
 from spillover.report.plots import FIGURES
 
-__all__ = ["load_summary", "render_report", "write_report"]
+__all__ = ["load_summary", "render_report", "write_html_report"]
 
 
 def _fmt_pct(value: Any) -> str:
@@ -292,7 +292,7 @@ def load_summary(run_dir: str | Path) -> dict[str, Any]:
     return data
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+def write_html_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write ``report.html`` for a run folder from its saved ``summary.json`` only.
 
     Args:

@@ -204,7 +204,7 @@ def _geometry_stage(art: Any, sae_dir: Path, corpora: Path, cfg: DemoConfig, roo
 
     def fn(out: Path) -> None:
         from spillover.data.chat import load_chat
-        from spillover.geometry.report import geometry_report, write_report
+        from spillover.geometry.report import geometry_report, write_geometry_report
         from spillover.organism.datasets import DATASETS
         from spillover.organism.inputs import ORGANISM_PAIRS
         from spillover.organism.pipeline import load_organism
@@ -229,7 +229,7 @@ def _geometry_stage(art: Any, sae_dir: Path, corpora: Path, cfg: DemoConfig, roo
             cfg=cfg.geometry,
             meta={"model": "organism", "sae": str(sae_dir)},
         )
-        write_report(result.report, out, plots=False)
+        write_geometry_report(result.report, out, plots=False)
 
     config = {"geometry": to_dict(cfg.geometry), "datasets": list(names)}
     return run_stage(
@@ -558,9 +558,9 @@ def run_demo(
     tmp = path.with_name("summary.json.tmp")
     tmp.write_text(json.dumps(_clean_nans(summary), indent=1, allow_nan=False))
     tmp.replace(path)
-    from spillover.report.html import write_report
+    from spillover.report.html import write_html_report
 
-    write_report(out)
+    write_html_report(out)
     return json.loads(path.read_text())
 
 

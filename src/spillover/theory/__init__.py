@@ -16,7 +16,7 @@ _EXPORTS = {
     "TrainedToy": "toy",
     "Geometry": "toy",
     "train_toy": "toy",
-    "geometry_report": "toy",
+    "toy_geometry": "toy",
     "sample_features": "toy",
     "DEFINITION": "experiment",
     "ToyFinetuneConfig": "experiment",

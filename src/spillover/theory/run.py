@@ -31,7 +31,7 @@ from spillover.theory.experiment import (
     measure_toy_spillover,
     random_direction_control,
 )
-from spillover.theory.toy import ToyConfig, ToyModel, geometry_report, train_toy
+from spillover.theory.toy import ToyConfig, ToyModel, toy_geometry, train_toy
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def run_theory(cfg: TheoryConfig) -> dict[str, Any]:
             {
                 "seed": seed,
                 "final_loss": toy.final_loss,
-                "geometry": to_dict(geometry_report(toy.model, ft.threshold)),
+                "geometry": to_dict(toy_geometry(toy.model, ft.threshold)),
                 **_mean_keys(rows, _MEAN_KEYS),
                 "targets": rows,
             }
@@ -240,7 +240,7 @@ def run_theory(cfg: TheoryConfig) -> dict[str, Any]:
         ortho_seed.append(
             {
                 "seed": seed,
-                "geometry": to_dict(geometry_report(ortho.model, ft.threshold)),
+                "geometry": to_dict(toy_geometry(ortho.model, ft.threshold)),
                 **_mean_keys(o_rows, _MEAN_KEYS),
                 "targets": o_rows,
             }
@@ -350,7 +350,7 @@ def _sweep(cfg: TheoryConfig) -> list[dict[str, Any]]:
     for p, ratio, seed in track(cells, "theory: sweep"):
         n = max(1, round(ratio * cfg.toy.d_hidden))
         toy = train_toy(replace(cfg.toy, n_features=n, p_active=p, seed=seed))
-        geo = geometry_report(toy.model, cfg.finetune.threshold)
+        geo = toy_geometry(toy.model, cfg.finetune.threshold)
         targets = _pick_targets(toy.model, cfg.sweep_targets, cfg.finetune.threshold, seed)
         rows = [_summary(r) for r in _measure_all(toy.model, targets, cfg.finetune, p, seed)]
         raw.setdefault((p, ratio), []).append(

@@ -6,7 +6,7 @@ is feature i's direction; its norm says how strongly the feature is represented.
 
 Run (trains one toy and logs its geometry)::
 
-    python -c "from spillover.theory.toy import *; print(geometry_report(train_toy(ToyConfig()).model))"
+    python -c "from spillover.theory.toy import *; print(toy_geometry(train_toy(ToyConfig()).model))"
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ __all__ = [
     "Geometry",
     "sample_features",
     "train_toy",
-    "geometry_report",
+    "toy_geometry",
     "unit_directions",
 ]
 
@@ -223,7 +223,7 @@ class Geometry:
     max_abs_cos: float
 
 
-def geometry_report(model: ToyModel, threshold: float = 0.5) -> Geometry:
+def toy_geometry(model: ToyModel, threshold: float = 0.5) -> Geometry:
     """Summarise feature norms, pairwise cosines and how many features are represented.
 
     Args:
