@@ -143,3 +143,48 @@ def test_filter_cli_geometry_scores_with_a_saved_model_and_sae(tmp_path, dataset
     ]
     removed = {r["index"] for r in rows if r["removed"]}
     assert removed == set(sorted(range(10), key=lambda i: (-ntc[i], i))[:5])
+
+
+@pytest.fixture()
+def no_model_load(monkeypatch):
+    """Any model or SAE load fails the test: bad inputs must be caught before them."""
+    import transformers
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", boom)
+    monkeypatch.setattr("spillover.sae.load.load_sae", boom)
+
+
+def test_filter_cli_rejects_bad_inputs_before_loading_a_model(tmp_path, dataset, no_model_load):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"hidden_size": 32, "num_hidden_layers": 2}))
+    sae = tmp_path / "sae"
+    sae.mkdir()
+    (sae / "cfg.json").write_text(json.dumps({"d_in": 32, "metadata": {"hf_hook_name": "model.layers.5"}}))
+    refs = ["--toxic", str(dataset), "--benign", str(dataset)]
+    out = ["--out", str(tmp_path / "out")]
+    cases = {
+        "reads layer 5": ["--model", str(model), "--sae", str(sae), *refs],
+        "SAE folder": ["--model", str(model), "--sae", str(tmp_path / "no-sae"), *refs],
+        "no-model": ["--model", str(tmp_path / "no-model"), "--sae", str(sae), *refs],
+        "unknown --judge 'nope'": [
+            "--model", str(model), "--sae", str(sae), *refs, "--method", "geometry", "--method", "judge",
+            "--judge", "nope",
+        ],
+        "--fraction": ["--method", "random", "--fraction", "1.5"],
+        "--seeds": ["--method", "random", "--seeds", "a,b"],
+    }  # fmt: skip
+    for expected, args in cases.items():
+        result = runner.invoke(app, [str(dataset), *args, *out])
+        assert result.exit_code == 2 and expected in result.output, (expected, result.output)
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "file").write_text("")
+    result = runner.invoke(app, [str(dataset), "--method", "random", "--out", str(tmp_path / "file")])
+    assert result.exit_code == 2 and "is a file" in result.output
+    bad_scores = tmp_path / "bad.jsonl"
+    bad_scores.write_text("1\n" * 9 + '"x"\n')
+    result = runner.invoke(app, [str(dataset), "--scores", str(bad_scores), *out])
+    assert result.exit_code == 2 and "bad.jsonl:10" in result.output

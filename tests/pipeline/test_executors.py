@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from spillover.pipeline.executors import LocalExecutor, NodeEvent, ProgressView
+from spillover.pipeline.executors import LocalExecutor, NodeEvent
 from spillover.pipeline.graph import Graph, GraphError, NodeRef, fn_ref
+from spillover.pipeline.progress_view import ProgressView
 from spillover.rundir import is_complete, run_stage
 
 HERE = Path(__file__).resolve().parent

@@ -285,3 +285,50 @@ def test_cli_plans_runs_and_exits_1_when_a_cell_fails(tmp_path: Path) -> None:
     assert "6 done" in ran.output and "injected permanent failure" in ran.output
     bad = runner.invoke(app, [str(sweep_file), "--set", "grid.nope=[1]"])
     assert bad.exit_code == 2 and "nope" in bad.output
+
+
+def _organism_sweep(tmp: Path, **extra: Any) -> Path:
+    sweep_file = tmp / "organism.yaml"
+    data = {
+        "name": "org",
+        "pipeline": "organism",
+        "base": {"organism": {"n_samples": 10}, "filter": {"method": "geometry"}},
+        "grid": {"seed": [0, 1]},
+        **extra,
+    }
+    sweep_file.write_text(yaml.safe_dump(data))
+    return sweep_file
+
+
+def test_cli_rejects_bad_sweeps_before_anything_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import spillover.pipeline.organism_cells as cells
+    from spillover.cli.sweep import app
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the organism was trained before the sweep was checked")
+
+    monkeypatch.setattr(cells, "train_organism", boom)
+    sweep_file = _organism_sweep(tmp_path)
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    cases = {
+        "layer 7 is outside": ["--set", "base.layer=7"],
+        "layer 1 has no SAE": ["--set", "base.sae.layers=[0]"],
+        "'oracle'": ["--set", "grid.filter.method=[geometry, oracle]"],
+        "filter.fraction must be in (0, 1)": ["--set", "base.filter.fraction=1.5"],
+        "unknown judge 'nope'": ["--set", "base.filter.judge=nope"],
+        "nope": ["--set", "grid.nope=[1]"],
+        "finetuen": ["--set", "resources.finetuen.num_gpus=1"],
+        "does not exist": [str(tmp_path / "missing.yaml")],
+    }
+    for expected, args in cases.items():
+        file_args = [] if args[0].endswith(".yaml") else [str(sweep_file)]
+        started = time.perf_counter()
+        result = CliRunner().invoke(app, [*file_args, *args, "--root", str(runs), "--out", str(out)])
+        assert result.exit_code == 2 and expected in result.output, (expected, result.output)
+        assert time.perf_counter() - started < 30
+    bad_key = _organism_sweep(tmp_path, grids={"seed": [0]})
+    result = CliRunner().invoke(app, [str(bad_key), "--root", str(runs)])
+    assert result.exit_code == 2 and "grids" in result.output
+    assert not runs.exists() and not out.exists()

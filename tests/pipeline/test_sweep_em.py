@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
+from spillover.config import ConfigError
 from spillover.data.chat import write_chat
 from spillover.data.questions import Question, write_questions
 from spillover.judge.mock_server import MockJudgeServer
@@ -103,3 +105,33 @@ def test_cell_filter_rejects_bad_values() -> None:
         CellFilter(method="random", fraction=1.0)
     with pytest.raises(ValueError, match="toxic_k"):
         CellFilter(method="geometry", toxic_k=0)
+
+
+def test_an_em_sweep_with_missing_inputs_runs_nothing_and_names_them(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from spillover.cli.sweep import app
+
+    base = {
+        "model": {"source": str(tmp_path / "no-model")},
+        "finetune": {"data": str(tmp_path / "no-train.jsonl")},
+        "generate": {"questions": str(tmp_path / "no-questions.yaml")},
+        "judge": {"backend": "nope"},
+        "filter": {"sae": str(tmp_path / "no-sae"), "toxic": str(tmp_path / "no-toxic.jsonl"),
+                   "benign": str(tmp_path / "no-benign.jsonl")},
+    }  # fmt: skip
+    spec = SweepSpec(pipeline="em", base=base, grid={"filter.method": ["random", "geometry"]})
+    with pytest.raises(ConfigError) as info:
+        run_sweep(spec, LocalExecutor(), root=tmp_path / "runs", out=tmp_path / "out")
+    message = str(info.value)
+    for name in ("no-model", "no-train.jsonl", "no-questions.yaml", "no-sae", "no-toxic.jsonl", "'nope'"):
+        assert name in message, name
+    assert "and 1 more" in message  # the training file is missing for both cells
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+    sweep_file = tmp_path / "em.yaml"
+    sweep_file.write_text(yaml.safe_dump({"pipeline": "em", "base": base, "grid": {"seed": [0]}}))
+    planned = CliRunner().invoke(app, [str(sweep_file), "--plan"])
+    assert planned.exit_code == 0 and "would fail: finetune.data" in planned.output
+    ran = CliRunner().invoke(app, [str(sweep_file), "--root", str(tmp_path / "runs")])
+    assert ran.exit_code == 2 and "no-questions.yaml" in ran.output
+    assert not (tmp_path / "runs").exists()

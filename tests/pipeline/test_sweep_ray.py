@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spillover.pipeline.executors import LocalExecutor, RayExecutor
+from spillover.pipeline.executors import LocalExecutor
 from spillover.pipeline.graph import Graph, Resources
+from spillover.pipeline.ray_executor import RayExecutor
 from spillover.pipeline.sweep import load_sweep, plan_sweep, run_sweep
 from spillover.rundir import is_complete
 
@@ -38,7 +39,7 @@ def _loopback(address: str) -> bool:
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
     ray = pytest.importorskip("ray")
-    from spillover.pipeline.executors import start_local_ray
+    from spillover.pipeline.ray_executor import start_local_ray
 
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), old) if p)

@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import typer
 
 from spillover.cli._common import fail
-from spillover.data.jsonl import iter_jsonl
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from spillover.data.chat import Conversation
 
 app = typer.Typer(
     help="Filter a fine-tuning dataset by closeness to toxic features, or by a random / judge baseline.",
@@ -33,26 +37,6 @@ app = typer.Typer(
 )
 
 _GEOMETRY = ("geometry", "toxic_activation", "toxic_subspace", "persona_projection")
-
-
-def _read_scores(path: Path, n: int) -> list[float]:
-    values: list[float] = []
-    try:
-        for where, item in iter_jsonl(path):
-            value = item.get("score") if isinstance(item, dict) else item
-            if value is None:
-                values.append(float("nan"))
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                values.append(float(value))
-            else:
-                raise fail(
-                    f'{where}: expected a number or {{"score": number}}, got {json.dumps(item)[:60]!r}'
-                )
-    except ValueError as exc:
-        raise fail(str(exc)) from exc
-    if len(values) != n:
-        raise fail(f"{path} has {len(values)} scores but the dataset has {n} conversations")
-    return values
 
 
 @app.callback(invoke_without_command=True)
@@ -88,16 +72,63 @@ def filter_dataset(
     """Write kept / removed sets and scores for each method and fraction."""
     if ctx.invoked_subcommand is not None:
         return
-    import numpy as np
+    from spillover.filtering.sets import apply_filters, save_scores
 
+    req = _check(dataset, out, method, fraction, seeds, scores, judge)
+    values = dict(req.precomputed)
+    if any(m in _GEOMETRY for m in req.methods):
+        values.update(_geometry_scores(req.convs, model, sae, toxic, benign, toxic_k))
+    if "judge" in req.methods:
+        from spillover.filtering.policies import judge_harmfulness
+        from spillover.judge.base import get_judge
+
+        values["judge"] = judge_harmfulness(get_judge(judge), req.convs).scores
+    out.mkdir(parents=True, exist_ok=True)
+    save_scores(out / "scores.json", values)
+    suffix = ".jsonl.gz" if dataset.name.endswith(".gz") else ".jsonl"
+    written = apply_filters(
+        out,
+        req.convs,
+        methods=req.methods,
+        fractions=req.fractions,
+        seeds=req.seeds,
+        scores=values,
+        extra={"source": str(dataset)},
+        suffix=suffix,
+    )
+    for folder in written:
+        info = json.loads((folder / "filter.json").read_text())
+        typer.echo(f"{folder}: kept {info['n_kept']}, removed {info['n_removed']} ({info['method']})")
+
+
+class _Request(NamedTuple):
+    """The checked options: what to write, and the data (read, since reading is quick)."""
+
+    methods: list[str]
+    fractions: list[float]
+    seeds: list[int]
+    convs: list[Conversation]
+    precomputed: dict[str, np.ndarray]
+
+
+def _check(
+    dataset: Path,
+    out: Path,
+    method: list[str] | None,
+    fraction: list[float] | None,
+    seeds: str,
+    scores: Path | None,
+    judge: str,
+) -> _Request:
+    """Every option that needs no model, checked and read (geometry inputs: :func:`_geometry_scores`)."""
     from spillover.data.chat import ChatFormatError, load_chat
-    from spillover.filtering.policies import random_fraction, top_fraction, write_filter
-    from spillover.studies.filtering import METHOD_SCORES
+    from spillover.filtering.sets import METHOD_SCORES, read_sample_scores
 
     methods = list(method or (["score"] if scores else ["geometry"]))
-    unknown = [m for m in methods if m not in (*METHOD_SCORES, "random", "score")]
+    valid = [*METHOD_SCORES, "random", "score"]
+    unknown = [m for m in methods if m not in valid]
     if unknown:
-        raise fail(f"unknown --method {unknown}; valid: {[*METHOD_SCORES, 'random', 'score']}")
+        raise fail(f"unknown --method {unknown}; valid: {valid}")
     if "score" in methods and scores is None:
         raise fail("--method score ranks by precomputed scores; give them with --scores FILE")
     fractions = list(fraction or [0.5])
@@ -107,88 +138,47 @@ def filter_dataset(
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError as exc:
         raise fail(f"--seeds must be comma-separated integers, got {seeds!r}") from exc
+    if "random" in methods and not seed_list:
+        raise fail(f"--method random needs at least one seed, got --seeds {seeds!r}")
+    if out.exists() and not out.is_dir():
+        raise fail(f"--out {out} is a file, not a folder")
+    if "judge" in methods:
+        from spillover.judge.base import available_judges
+
+        if judge not in available_judges():
+            raise fail(f"unknown --judge {judge!r}; available: {available_judges()}")
     try:
         convs = load_chat(dataset)
-    except (ChatFormatError, FileNotFoundError) as exc:
+        precomputed = {"score": read_sample_scores(scores, len(convs))} if scores is not None else {}
+    except (ChatFormatError, FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from exc
-    suffix = ".jsonl.gz" if dataset.name.endswith(".gz") else ".jsonl"
-    values: dict[str, Any] = {}
-    if scores is not None:
-        values["score"] = np.array(_read_scores(scores, len(convs)))
-    if any(m in _GEOMETRY for m in methods):
-        missing = [
-            name
-            for name, v in (("--model", model), ("--sae", sae), ("--toxic", toxic), ("--benign", benign))
-            if v is None
-        ]
-        if missing:
-            raise fail(
-                f"geometry scores need {', '.join(missing)} (or use --method random/judge, or --scores)"
-            )
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    return _Request(methods, fractions, seed_list, convs, precomputed)
 
-        from spillover.filtering.features import sample_features, score_samples, toxic_reference
-        from spillover.sae.load import SAELoadError, load_sae
 
-        assert model is not None and sae is not None and toxic is not None and benign is not None
-        try:  # before the model loads, so a bad reference file fails fast with its name
-            toxic_convs, benign_convs = load_chat(toxic), load_chat(benign)
-        except (ChatFormatError, FileNotFoundError) as exc:
-            raise fail(str(exc)) from exc
-        hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
-        hf.eval()
-        tokenizer = AutoTokenizer.from_pretrained(model)
-        try:
-            handle = load_sae(sae, hf)
-        except SAELoadError as exc:
-            raise fail(str(exc)) from exc
-        ref = toxic_reference(hf, tokenizer, toxic_convs, benign_convs, handle, k=toxic_k)
-        feats = sample_features(hf, tokenizer, convs, handle)
-        values.update(score_samples(feats, ref, handle.decoder()))
-    if "judge" in methods:
-        from spillover.filtering.policies import judge_harmfulness
-        from spillover.judge.base import get_judge
+def _geometry_scores(
+    convs: list[Conversation],
+    model: str | None,
+    sae: Path | None,
+    toxic: Path | None,
+    benign: Path | None,
+    toxic_k: int | None,
+) -> dict[str, Any]:
+    """Every geometry score, after checking the model, SAE and reference files without loading them."""
+    from spillover.data.chat import ChatFormatError, load_chat
+    from spillover.filtering.scoring import check_scoring_inputs, score_dataset
+    from spillover.sae.load import SAELoadError
 
-        try:
-            values["judge"] = judge_harmfulness(get_judge(judge), convs).scores
-        except KeyError as exc:
-            raise fail(str(exc)) from exc
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scores.json").write_text(
-        json.dumps({k: [None if np.isnan(x) else float(x) for x in v] for k, v in values.items()})
-    )
-    written = []
-    for f in fractions:
-        for m in methods:
-            if m == "random":
-                for s in seed_list:
-                    folder = out / m / f"f{f:g}" / f"s{s}"
-                    write_filter(
-                        folder,
-                        convs,
-                        random_fraction(len(convs), f, s),
-                        None,
-                        method=m,
-                        fraction=f,
-                        extra={"seed": s},
-                        suffix=suffix,
-                    )
-                    written.append(folder)
-                continue
-            key = METHOD_SCORES.get(m, m)
-            folder = out / m / f"f{f:g}"
-            write_filter(
-                folder,
-                convs,
-                top_fraction(values[key], f),
-                values[key],
-                method=m,
-                fraction=f,
-                extra={"score": key, "source": str(dataset)},
-                suffix=suffix,
-            )
-            written.append(folder)
-    for folder in written:
-        info = json.loads((folder / "filter.json").read_text())
-        typer.echo(f"{folder}: kept {info['n_kept']}, removed {info['n_removed']} ({info['method']})")
+    named = (("--model", model), ("--sae", sae), ("--toxic", toxic), ("--benign", benign))
+    missing = [name for name, v in named if v is None]
+    if missing:
+        raise fail(f"geometry scores need {', '.join(missing)} (or use --method random/judge, or --scores)")
+    assert model is not None and sae is not None and toxic is not None and benign is not None
+    try:  # before the model loads, so a bad input fails fast with its name
+        check_scoring_inputs(model, sae, toxic, benign)
+        toxic_convs, benign_convs = load_chat(toxic), load_chat(benign)
+    except (ChatFormatError, FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    try:
+        return score_dataset(model, sae, convs, toxic_convs, benign_convs, toxic_k=toxic_k).scores
+    except SAELoadError as exc:
+        raise fail(str(exc)) from exc

@@ -33,8 +33,6 @@ app = typer.Typer(
     context_settings={"allow_interspersed_args": True},
 )
 
-_err = Console(stderr=True)
-
 
 @app.callback(invoke_without_command=True)
 def sweep(
@@ -52,14 +50,16 @@ def sweep(
         ),
     ] = None,
     num_cpus: Annotated[
-        int | None, typer.Option(help="CPUs of the private Ray instance (default: all).")
+        int | None, typer.Option(min=1, help="CPUs of the private Ray instance (default: all).")
     ] = None,
     num_gpus: Annotated[
-        int | None, typer.Option(help="GPUs of the private Ray instance (default: detected).")
+        int | None, typer.Option(min=0, help="GPUs of the private Ray instance (default: detected).")
     ] = None,
     max_retries: Annotated[
         int | None,
-        typer.Option(help="Extra attempts per failed stage (default: sweep file, else local 0 / ray 2)."),
+        typer.Option(
+            min=0, help="Extra attempts per failed stage (default: sweep file, else local 0 / ray 2)."
+        ),
     ] = None,
     root: Annotated[
         Path | None,
@@ -72,16 +72,19 @@ def sweep(
         typer.Option(help="Folder for the table, report and logs (default <root>/sweeps/<name>)."),
     ] = None,
     plan: Annotated[bool, typer.Option("--plan", help="Print the cells and stage runs, then stop.")] = False,
-    threads: Annotated[int, typer.Option(help="torch CPU threads of the local executor.")] = 1,
+    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads of the local executor.")] = 1,
 ) -> None:
     """Run (or resume) every cell of the sweep and write the aggregate table and report."""
     if ctx.invoked_subcommand is not None:
         return
     from spillover.config import ConfigError
-    from spillover.pipeline.sweep import load_sweep, plan_sweep, run_sweep
+    from spillover.pipeline.sweep import check_sweep, load_sweep, plan_sweep, run_sweep
 
     if executor not in ("local", "ray"):
         raise fail(f"--executor must be local or ray, got {executor!r}")
+    for name, folder in (("--root", root), ("--out", out)):
+        if folder is not None and folder.exists() and not folder.is_dir():
+            raise fail(f"{name} {folder} is a file, not a folder")
     try:
         spec = load_sweep(sweep_file, overrides or [])
         if max_retries is not None:
@@ -89,11 +92,16 @@ def sweep(
 
             spec = replace(spec, max_retries=max_retries)
         sweep_plan = plan_sweep(spec)
+        problems = check_sweep(sweep_plan)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc
     if plan:
         _print_plan(sweep_plan)
+        for problem in problems:
+            typer.echo(f"warning: would fail: {problem}", err=True)
         return
+    if problems:
+        raise fail("the sweep cannot run:\n  " + "\n  ".join(problems))
     exe = _executor(executor, address, num_cpus, num_gpus, spec.max_retries, threads)  # type: ignore[arg-type]
     live_handlers = _quiet_console_logging()
     try:
@@ -114,13 +122,18 @@ def _executor(
     max_retries: int | None,
     threads: int,
 ) -> Executor:
-    from spillover.pipeline.executors import LocalExecutor, RayExecutor
+    import importlib.util
+
+    from spillover.pipeline.executors import LocalExecutor
+    from spillover.pipeline.ray_executor import RayExecutor
 
     if kind == "local":
         import torch
 
         torch.set_num_threads(max(1, threads))
         return LocalExecutor(max_retries=max_retries or 0)
+    if importlib.util.find_spec("ray") is None:
+        raise fail("--executor ray needs Ray: pip install 'spillover[ray]' (or use --executor local)")
     return RayExecutor(
         address, num_cpus=num_cpus, num_gpus=num_gpus, max_retries=2 if max_retries is None else max_retries
     )

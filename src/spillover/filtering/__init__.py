@@ -4,7 +4,9 @@
 
 Python::
 
-    from spillover.filtering import nearest_toxic_cosine, top_fraction, write_filter
+    from spillover.filtering import apply_filter, nearest_toxic_cosine, score_dataset, top_fraction
+
+The organism's filtering experiment (filter, fine-tune, evaluate) is ``spillover.studies.filtering``.
 
 Public names are imported lazily so that ``spillover --help`` does not pay for torch.
 """
@@ -33,9 +35,13 @@ _EXPORTS = {
     "sample_features": "features",
     "score_samples": "features",
     "toxic_reference": "features",
-    "FILTER_METHODS": "experiment",
-    "FilterExperimentConfig": "experiment",
-    "run_filter_experiment": "experiment",
+    "FILTER_METHODS": "sets",
+    "METHOD_SCORES": "sets",
+    "apply_filter": "sets",
+    "apply_filters": "sets",
+    "DatasetScores": "scoring",
+    "check_scoring_inputs": "scoring",
+    "score_dataset": "scoring",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -11,8 +11,7 @@ Scores (method.md section 3, step 8):
 * ``toxic_activation``: the summed activation of the toxic features.
 * ``toxic_subspace``: the norm of the sample's (centred) mean residual activation projected on the span
   of the toxic decoder directions. A norm has no sign: a sample that moves *away* from the toxic
-  features scores as high as one that moves towards them (on the organism's ``insecure_mixed`` it
-  ranked secure-code samples first and filtering by it raised EM; see benchmarks/filtering_organism.py).
+  features scores as high as one that moves towards them (measured: docs/results.md#filtering).
 * ``persona_projection``: the projection of the sample's (centred) mean response activation on a unit
   difference-of-means harmful-minus-benign direction (Chen et al. 2025, persona vectors).
 

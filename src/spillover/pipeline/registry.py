@@ -1,8 +1,8 @@
 """Cell pipelines by name: how a sweep's cell becomes stages, and how its results become a table row.
 
-``organism`` and ``em`` are built in (``spillover.pipeline.cells``, imported by name on first lookup:
-the one place this module refers to a module above it); any other pipeline registers itself with
-:func:`register_pipeline` or is named ``package.module:ATTRIBUTE`` in the sweep file.
+``organism`` and ``em`` are built in (``spillover.pipeline.organism_cells`` and ``.em_cells``, each
+imported by name on its first lookup); any other pipeline registers itself with :func:`register_pipeline`
+or is named ``package.module:ATTRIBUTE`` in the sweep file.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from spillover.pipeline.graph import Graph, NodeRef, Resources
 
 __all__ = ["CellPipeline", "PlotSpec", "get_pipeline", "register_pipeline"]
 
-_BUILTIN = "spillover.pipeline.cells"
+_BUILTIN = {"organism": "spillover.pipeline.organism_cells", "em": "spillover.pipeline.em_cells"}
+"""Built-in pipeline -> the module that registers it."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class CellPipeline:
     plots: tuple[PlotSpec, ...] = ()
     resources: dict[str, Resources] = field(default_factory=dict)
     """Default resources per stage name."""
+    check: Callable[[Any], list[str]] | None = None
+    """What would make a cell fail once it runs (missing files, unregistered judges), one line each;
+    a sweep runs nothing while any cell has a problem."""
 
 
 _PIPELINES: dict[str, CellPipeline] = {}
@@ -74,10 +78,10 @@ def get_pipeline(name: str) -> CellPipeline:
         if not isinstance(obj, CellPipeline):
             raise ConfigError(f"pipeline {name!r} is a {type(obj).__name__}, not a CellPipeline")
         return obj
-    if name not in _PIPELINES:
-        importlib.import_module(_BUILTIN)  # registers the built-in pipelines
+    if name not in _PIPELINES and name in _BUILTIN:
+        importlib.import_module(_BUILTIN[name])  # registers it
     if name not in _PIPELINES:
         raise ConfigError(
-            f"unknown cell pipeline {name!r}; built-in: {sorted(_PIPELINES)}, or give module:ATTRIBUTE"
+            f"unknown cell pipeline {name!r}; valid: {sorted({*_BUILTIN, *_PIPELINES})}, or give module:ATTRIBUTE"
         )
     return _PIPELINES[name]

@@ -32,9 +32,6 @@ Python::
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import itertools
 import json
 import logging
@@ -47,9 +44,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import yaml
 
 from spillover.config import ConfigError, config_hash, deep_merge, from_dict, load_config, to_dict
-from spillover.pipeline.executors import Executor, LocalExecutor, NodeResult, ProgressView
+from spillover.pipeline.executors import Executor, LocalExecutor, NodeResult
 from spillover.pipeline.graph import Graph, NodeRef, Resources
+from spillover.pipeline.progress_view import ProgressView
 from spillover.pipeline.registry import CellPipeline, PlotSpec, get_pipeline, register_pipeline
+from spillover.pipeline.sweep_report import write_sweep_report
 from spillover.rundir import default_root
 
 if TYPE_CHECKING:
@@ -63,13 +62,13 @@ __all__ = [
     "SweepResult",
     "SweepSpec",
     "aggregate_table",
+    "check_sweep",
     "expand_grid",
     "get_pipeline",
     "load_sweep",
     "plan_sweep",
     "register_pipeline",
     "run_sweep",
-    "write_sweep_report",
 ]
 
 log = logging.getLogger(__name__)
@@ -230,9 +229,32 @@ def plan_sweep(spec: SweepSpec) -> SweepPlan:
         for ref in outs.values():
             keys.update(dict.fromkeys(graph.upstream(ref.key)))
         groups[cell.id] = list(keys)
+    unknown = sorted(set(spec.resources) - {*graph.stages, *pipeline.resources})
+    if unknown:
+        raise ConfigError(
+            f"resources: no stage of this sweep is named {unknown}; stages: {sorted({*graph.stages, *pipeline.resources})}"
+        )
     for stage, res in {**pipeline.resources, **spec.resources}.items():
         graph.set_resources(stage, res)
     return SweepPlan(spec, pipeline, cells, graph, outputs, groups)
+
+
+def check_sweep(plan: SweepPlan) -> list[str]:
+    """What would make cells fail once they run (missing files, unknown judges), found without running.
+
+    Returns one line per problem, naming the first cell that has it and how many more do; empty when the
+    pipeline finds none (or has no ``check``).
+    """
+    if plan.pipeline.check is None:
+        return []
+    cells_with: dict[str, list[str]] = {}
+    for cell in plan.cells:
+        for problem in plan.pipeline.check(cell.config):
+            cells_with.setdefault(problem, []).append(cell.label)
+    return [
+        f"{problem} (cell [{labels[0]}]" + (f" and {len(labels) - 1} more)" if len(labels) > 1 else ")")
+        for problem, labels in cells_with.items()
+    ]
 
 
 class SweepResult(NamedTuple):
@@ -308,99 +330,6 @@ def _nodes_table(plan: SweepPlan, nodes: Mapping[str, NodeResult]) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
-def _plot_png(table: pd.DataFrame, spec: PlotSpec) -> bytes | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    cols = [spec.x, spec.y] + ([spec.hue] if spec.hue else [])
-    if any(c not in table.columns for c in cols):
-        log.info(
-            "plot %s vs %s skipped: the table has no column(s) %s",
-            spec.y,
-            spec.x,
-            [c for c in cols if c not in table.columns],
-        )
-        return None
-    data = table[table["status"] == "done"][cols].copy()
-    data[spec.y] = pd.to_numeric(data[spec.y], errors="coerce")
-    data = data.dropna(subset=[spec.y])
-    if data.empty:
-        return None
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    groups = data.groupby(spec.hue, sort=True, dropna=False) if spec.hue else [(None, data)]
-    for name, sub in groups:
-        label = None if spec.hue is None else f"{spec.hue}={name[0] if isinstance(name, tuple) else name}"
-        if spec.kind == "scatter":
-            ax.scatter(pd.to_numeric(sub[spec.x], errors="coerce"), sub[spec.y], label=label, alpha=0.8)
-            continue
-        stats = sub.groupby(spec.x, sort=True)[spec.y].agg(["mean", "std", "count"]).reset_index()
-        ax.errorbar(
-            stats[spec.x].astype(str) if not pd.api.types.is_numeric_dtype(stats[spec.x]) else stats[spec.x],
-            stats["mean"],
-            yerr=stats["std"].fillna(0.0),
-            marker="o",
-            capsize=3,
-            label=label,
-        )
-    ax.set_xlabel(spec.x)
-    ax.set_ylabel(spec.y if spec.kind == "scatter" else f"{spec.y} (mean ± sd over cells)")
-    ax.set_title(spec.title or f"{spec.y} vs {spec.x}")
-    if spec.hue:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _log_tail(path: str | None, n: int = 30) -> str:
-    if not path or not Path(path).is_file():
-        return "(no log)"
-    lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
-    return "\n".join(lines[-n:])
-
-
-def write_sweep_report(plan: SweepPlan, table: pd.DataFrame, nodes_table: pd.DataFrame, out: Path) -> Path:
-    """``report.html``: counts, the aggregate table, the per-factor plots and every failure with its log tail."""
-    plots = plan.spec.plots if plan.spec.plots is not None else list(plan.pipeline.plots)
-    figures = []
-    for spec in plots:
-        png = _plot_png(table, spec)
-        if png is not None:
-            (out / "plots").mkdir(exist_ok=True)
-            name = f"{spec.y}_vs_{spec.x}" + (f"_by_{spec.hue}" if spec.hue else "")
-            (out / "plots" / f"{name.replace('/', '_')}.png").write_bytes(png)
-            figures.append(
-                f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}"></figure>'
-            )
-    counts = table["status"].value_counts().to_dict()
-    failures = nodes_table[nodes_table["status"] == "failed"]
-    fail_html = "".join(
-        f"<h3>{html.escape(r.stage)} {html.escape(r.node)} ({r.attempts} attempt(s))</h3>"
-        f"<p>{html.escape(str(r.error))}</p><p>log: <code>{html.escape(str(r.log))}</code></p>"
-        f"<pre>{html.escape(_log_tail(r.log))}</pre>"
-        for r in failures.itertuples()
-    )
-    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>sweep {html.escape(plan.spec.name)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse;font-size:12px}}
-td,th{{border:1px solid #ccc;padding:2px 6px}} figure{{display:inline-block;margin:0.5em}} pre{{background:#f6f6f6;padding:0.5em;overflow:auto}}</style>
-</head><body><h1>Sweep {html.escape(plan.spec.name)}</h1>
-<p>pipeline <code>{html.escape(plan.pipeline.name)}</code>, {len(plan.cells)} cells, {len(plan.graph)} stage runs;
-cells: {html.escape(", ".join(f"{v} {k}" for k, v in counts.items()))}</p>
-<h2>Per-factor plots</h2>{"".join(figures) or "<p>(none: no finished cells, or the plotted columns are absent)</p>"}
-<h2>Cells</h2>{table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}")}
-<h2>Failures</h2>{fail_html or "<p>none</p>"}
-<h2>Stage runs</h2>{nodes_table.drop(columns=["log"]).to_html(index=False, na_rep="")}
-</body></html>"""
-    path = out / "report.html"
-    path.write_text(body, encoding="utf-8")
-    return path
-
-
 def run_sweep(
     spec: SweepSpec,
     executor: Executor | None = None,
@@ -422,11 +351,17 @@ def run_sweep(
     Returns:
         The table, every node's result, the output folder and the failed cells. Failed cells do not
         raise: they are reported in the table, in ``report.html`` and in the log.
+
+    Raises:
+        ConfigError: before anything runs, when a cell's config or inputs are wrong (:func:`check_sweep`).
     """
+    plan = plan_sweep(spec)
+    problems = check_sweep(plan)
+    if problems:
+        raise ConfigError("the sweep cannot run:\n  " + "\n  ".join(problems))
     root_path = Path(root) if root is not None else default_root()
     out_path = Path(out) if out is not None else root_path / "sweeps" / spec.name
     out_path.mkdir(parents=True, exist_ok=True)
-    plan = plan_sweep(spec)
     (out_path / "sweep.json").write_text(json.dumps(to_dict(spec), indent=2, default=str))
     if executor is None:
         executor = LocalExecutor(max_retries=spec.max_retries or 0)
