@@ -31,7 +31,8 @@ from typing import Any
 import torch
 from scipy.stats import spearmanr
 
-from spillover.geometry.report import GeometryConfig, geometry_report, pooled_comparison
+from spillover.geometry.compare import pooled_comparison
+from spillover.geometry.report import GeometryConfig, geometry_report
 from spillover.organism import OrganismArtifacts, OrganismConfig, load_organism, train_organism
 from spillover.organism.inputs import OrganismSAEConfig, organism_inputs, train_organism_saes
 from spillover.sae.load import load_saes
