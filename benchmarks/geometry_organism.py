@@ -31,7 +31,8 @@ from typing import Any
 import torch
 from scipy.stats import spearmanr
 
-from spillover.geometry.report import GeometryConfig, geometry_report, pooled_comparison
+from spillover.geometry.compare import pooled_comparison
+from spillover.geometry.report import GeometryConfig, geometry_report
 from spillover.organism import OrganismArtifacts, OrganismConfig, load_organism, train_organism
 from spillover.organism.inputs import OrganismSAEConfig, organism_inputs, train_organism_saes
 from spillover.sae.load import load_saes
@@ -82,7 +83,7 @@ def _sae_quality(folder: Path) -> dict[str, dict[str, float]]:
     }
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument(
@@ -107,97 +108,100 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny organism and SAEs (smoke test)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    given: dict[int, tuple[Path, Path]] = {}
-    for item in args.organism:
-        seed_text, _, dirs = item.partition("=")
-        run_text, _, data_text = dirs.partition(",")
-        given[int(seed_text)] = (Path(run_text), Path(data_text))
-    em = _em_rates(args.em, args.em_method)
-    gcfg = GeometryConfig()
-    results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "seeds": {}}
-    reports: dict[int, dict[str, Any]] = {}
-    sweep_reports: dict[str, dict[int, dict[str, Any]]] = {}
-    t_start = time.perf_counter()
+    return parser.parse_args()
+
+
+def _seed(
+    args: argparse.Namespace,
+    seed: int,
+    given: dict[int, tuple[Path, Path]],
+    gcfg: GeometryConfig,
+    reports: dict[int, dict[str, Any]],
+    sweep_reports: dict[str, dict[int, dict[str, Any]]],
+    t_start: float,
+) -> dict[str, Any]:
+    """One seed: its organism, the base SAEs and the width/k sweep at the middle layer; fills the reports."""
     tokens = 200_000 if args.quick else args.training_tokens
     n_docs = 800 if args.quick else 6000
-    for seed in seeds:
-        ocfg = OrganismConfig.quick(seed) if args.quick else OrganismConfig(seed=seed)
-        if seed in given:
-            run_dir, data_dir = given[seed]
-            art = OrganismArtifacts(run_dir, run_dir / "model", run_dir / "pretrained", data_dir, ocfg)
-        else:
-            art = train_organism(ocfg, root=args.root)
-        model, tok = load_organism(art)
-        inputs = organism_inputs(art, toxic_domains=args.toxic_domains)  # type: ignore[arg-type]
-        n_layers = model.config.num_hidden_layers
-        mid = n_layers // 2
+    ocfg = OrganismConfig.quick(seed) if args.quick else OrganismConfig(seed=seed)
+    if seed in given:
+        run_dir, data_dir = given[seed]
+        art = OrganismArtifacts(run_dir, run_dir / "model", run_dir / "pretrained", data_dir, ocfg)
+    else:
+        art = train_organism(ocfg, root=args.root)
+    model, tok = load_organism(art)
+    inputs = organism_inputs(art, toxic_domains=args.toxic_domains)  # type: ignore[arg-type]
+    n_layers = model.config.num_hidden_layers
+    mid = n_layers // 2
 
-        def sae_dir(d: int, k: int, layers: tuple[int, ...] = (), seed: int = seed, art: Any = art) -> Path:
-            cfg = OrganismSAEConfig(
-                layers=layers,
-                sae=SAETrainConfig(d_sae=d, k=k, training_tokens=tokens, seed=seed),
-                n_documents=n_docs,
-            )
-            return train_organism_saes(art, cfg, root=args.root)
-
-        def report(
-            folder: Path, layers: list[int] | None, inputs: Any = inputs, model: Any = model, tok: Any = tok
-        ) -> dict[str, Any]:
-            saes = load_saes(str(folder), model, layers)
-            return geometry_report(
-                model,
-                tok,
-                saes,
-                inputs.datasets,
-                toxic=inputs.toxic,
-                benign=inputs.benign,
-                reference=inputs.reference,
-                roles=inputs.roles,
-                pairs=inputs.pairs,
-                cfg=gcfg,  # type: ignore[arg-type]
-            ).report
-
-        t0 = time.perf_counter()
-        base = sae_dir(args.width, args.k)
-        t_sae = time.perf_counter() - t0
-        reports[seed] = report(base, None)
-        seed_out: dict[str, Any] = {
-            "organism_run": str(art.run_dir),
-            "organism_data": str(art.data_dir),
-            "sae_quality": {f"d{args.width}_k{args.k}": _sae_quality(base)},
-            "sae_train_s": t_sae,
-            "geometry_s": time.perf_counter() - t0 - t_sae,
-        }
-        sweep = [(d, args.k) for d in map(int, args.sweep_widths.split(","))] + [
-            (args.width, k) for k in map(int, args.sweep_ks.split(","))
-        ]
-        for d, k in sweep:
-            folder = sae_dir(d, k, (mid,))
-            name = f"d{d}_k{k}"
-            seed_out["sae_quality"][name] = _sae_quality(folder)
-            sweep_reports.setdefault(name, {})[seed] = report(folder, [mid])
-        sweep_reports.setdefault(f"d{args.width}_k{args.k}", {})[seed] = reports[seed]
-        results["seeds"][str(seed)] = seed_out
-        print(
-            f"seed {seed}: SAEs {t_sae:.0f}s, geometry {seed_out['geometry_s']:.0f}s, elapsed {time.perf_counter() - t_start:.0f}s",
-            flush=True,
+    def sae_dir(d: int, k: int, layers: tuple[int, ...] = (), seed: int = seed, art: Any = art) -> Path:
+        cfg = OrganismSAEConfig(
+            layers=layers,
+            sae=SAETrainConfig(d_sae=d, k=k, training_tokens=tokens, seed=seed),
+            n_documents=n_docs,
         )
+        return train_organism_saes(art, cfg, root=args.root)
 
-    layers = list(reports[seeds[0]]["layers"])
-    mid_key = f"layer_{len(layers) // 2}"
-    names = list(reports[seeds[0]]["datasets"])
+    def report(
+        folder: Path, layers: list[int] | None, inputs: Any = inputs, model: Any = model, tok: Any = tok
+    ) -> dict[str, Any]:
+        saes = load_saes(str(folder), model, layers)
+        return geometry_report(
+            model,
+            tok,
+            saes,
+            inputs.datasets,
+            toxic=inputs.toxic,
+            benign=inputs.benign,
+            reference=inputs.reference,
+            roles=inputs.roles,
+            pairs=inputs.pairs,
+            cfg=gcfg,  # type: ignore[arg-type]
+        ).report
+
+    t0 = time.perf_counter()
+    base = sae_dir(args.width, args.k)
+    t_sae = time.perf_counter() - t0
+    reports[seed] = report(base, None)
+    seed_out: dict[str, Any] = {
+        "organism_run": str(art.run_dir),
+        "organism_data": str(art.data_dir),
+        "sae_quality": {f"d{args.width}_k{args.k}": _sae_quality(base)},
+        "sae_train_s": t_sae,
+        "geometry_s": time.perf_counter() - t0 - t_sae,
+    }
+    sweep = [(d, args.k) for d in map(int, args.sweep_widths.split(","))] + [
+        (args.width, k) for k in map(int, args.sweep_ks.split(","))
+    ]
+    for d, k in sweep:
+        folder = sae_dir(d, k, (mid,))
+        name = f"d{d}_k{k}"
+        seed_out["sae_quality"][name] = _sae_quality(folder)
+        sweep_reports.setdefault(name, {})[seed] = report(folder, [mid])
+    sweep_reports.setdefault(f"d{args.width}_k{args.k}", {})[seed] = reports[seed]
+    print(
+        f"seed {seed}: SAEs {t_sae:.0f}s, geometry {seed_out['geometry_s']:.0f}s, elapsed {time.perf_counter() - t_start:.0f}s",
+        flush=True,
+    )
+    return seed_out
+
+
+def _print_sae_quality(seeds: list[int], per_seed: dict[str, Any]) -> None:
     print("\n## SAE quality (held-out): FVU / L0 / dead %")
     for seed in seeds:
-        for cfg_name, per_layer in results["seeds"][str(seed)]["sae_quality"].items():
+        for cfg_name, per_layer in per_seed[str(seed)]["sae_quality"].items():
             cells = ", ".join(
                 f"{k}: {q['fvu']:.3f} / {q['l0']:.1f} / {100 * q['dead_fraction']:.1f}"
                 for k, q in per_layer.items()
             )
             print(f"seed {seed} {cfg_name}: {cells}")
 
+
+def _dataset_table(
+    reports: dict[int, dict[str, Any]], seeds: list[int], em: dict[int, dict[str, float]]
+) -> dict[str, Any]:
+    layers = list(reports[seeds[0]]["layers"])
+    names = list(reports[seeds[0]]["datasets"])
     print("\n## Per-dataset measures (mean over seeds) at each layer")
     table: dict[str, Any] = {}
     for key in layers:
@@ -219,8 +223,11 @@ def main() -> None:
                 + " ".join(f"{vals[m]:8.3f}" for m in MEASURES)
                 + f"  {shared:5.1f}  {em_m:6.1f}"
             )
-    results["table"] = table
+    return table
 
+
+def _pooled(reports: dict[int, dict[str, Any]], seeds: list[int], gcfg: GeometryConfig) -> dict[str, Any]:
+    layers = list(reports[seeds[0]]["layers"])
     print("\n## Inducing vs control, pooled over seeds (one-sided: inducing closer)")
     pooled: dict[str, Any] = {}
     for key in layers:
@@ -236,8 +243,19 @@ def main() -> None:
             print(
                 f"    paired {metric:16s} mean diff {statistics.fmean(d):+.4f}, {sum(v > 0 for v in d)}/{len(d)} positive, sign-flip p={res['test']['p_value']:.4f}"
             )
-    results["pooled"] = pooled
+    return pooled
 
+
+def _correlations(
+    args: argparse.Namespace,
+    reports: dict[int, dict[str, Any]],
+    seeds: list[int],
+    em: dict[int, dict[str, float]],
+    table: dict[str, Any],
+) -> dict[str, Any]:
+    layers = list(reports[seeds[0]]["layers"])
+    mid_key = f"layer_{len(layers) // 2}"
+    names = list(reports[seeds[0]]["datasets"])
     print(f"\n## Spearman with measured EM ({args.em_method} fine-tuning)")
     correlations: dict[str, Any] = {}
     if not em:
@@ -294,8 +312,20 @@ def main() -> None:
             "risk score, inducing vs control datasets: AUROC per seed "
             + " / ".join(f"{v:.2f}" for v in correlations["risk_auroc"])
         )
-    results["correlations"] = correlations
+    return correlations
 
+
+def _sweep_stability(
+    sweep_reports: dict[str, dict[int, dict[str, Any]]],
+    reports: dict[int, dict[str, Any]],
+    seeds: list[int],
+    em: dict[int, dict[str, float]],
+    table: dict[str, Any],
+    gcfg: GeometryConfig,
+) -> dict[str, Any]:
+    layers = list(reports[seeds[0]]["layers"])
+    mid_key = f"layer_{len(layers) // 2}"
+    names = list(reports[seeds[0]]["datasets"])
     print(f"\n## SAE width / sparsity sweep at {mid_key} (means over seeds)")
     stability: dict[str, Any] = {}
     order_ref = None
@@ -326,7 +356,31 @@ def main() -> None:
             f"({entry['paired_proximity_positive']}/{entry['n_pairs']} positive)  rank agreement {entry['rank_agreement_with_first']:.2f}"
             + (f"  Spearman vs EM {entry['spearman_em']:.2f}" if em else "")
         )
-    results["sweep"] = stability
+    return stability
+
+
+def main() -> None:
+    args = _parse_args()
+    torch.set_num_threads(args.threads)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    given: dict[int, tuple[Path, Path]] = {}
+    for item in args.organism:
+        seed_text, _, dirs = item.partition("=")
+        run_text, _, data_text = dirs.partition(",")
+        given[int(seed_text)] = (Path(run_text), Path(data_text))
+    em = _em_rates(args.em, args.em_method)
+    gcfg = GeometryConfig()
+    results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "seeds": {}}
+    reports: dict[int, dict[str, Any]] = {}
+    sweep_reports: dict[str, dict[int, dict[str, Any]]] = {}
+    t_start = time.perf_counter()
+    for seed in seeds:
+        results["seeds"][str(seed)] = _seed(args, seed, given, gcfg, reports, sweep_reports, t_start)
+    _print_sae_quality(seeds, results["seeds"])
+    results["table"] = _dataset_table(reports, seeds, em)
+    results["pooled"] = _pooled(reports, seeds, gcfg)
+    results["correlations"] = _correlations(args, reports, seeds, em, results["table"])
+    results["sweep"] = _sweep_stability(sweep_reports, reports, seeds, em, results["table"], gcfg)
     results["reports"] = {str(s): reports[s] for s in seeds}
     results["wall_s"] = time.perf_counter() - t_start
     args.out.parent.mkdir(parents=True, exist_ok=True)

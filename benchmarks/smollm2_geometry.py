@@ -176,15 +176,14 @@ def main() -> None:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from spillover.config import load_config
-    from spillover.realmodel.smollm import StudyConfig, quick_config, run_study
+    from spillover.realmodel import load_study_config, quick_config, run_study
 
     start = time.perf_counter()
     load_start = os.getloadavg()
     sets = list(args.set)
     if args.data_dir is not None:
         sets.append(f"data.data_dir={args.data_dir}")
-    cfg = load_config(StudyConfig, args.config if args.config.is_file() else None, sets)
+    cfg = load_study_config(args.config if args.config.is_file() else None, sets)
     if args.quick:
         cfg = quick_config(cfg)
     if not Path(cfg.data.data_dir).is_absolute():

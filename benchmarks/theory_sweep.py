@@ -14,6 +14,7 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,25 +30,15 @@ from spillover.theory.experiment import (
 )
 from spillover.theory.report import plot_theory
 from spillover.theory.run import TheoryConfig, _pick_targets, run_theory
-from spillover.theory.toy import ToyConfig, geometry_report, sample_features, train_toy
+from spillover.theory.toy import ToyConfig, sample_features, toy_geometry, train_toy
 
 
 def _f(x: float) -> str:
     return "nan" if x is None or x != x else f"{x:.3f}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", type=Path, default=Path("/tmp/spillover-theory-bench"))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-
-    t0 = time.perf_counter()
-    cfg = TheoryConfig()
-    res = run_theory(cfg)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "theory.json").write_text(json.dumps(to_dict(res), indent=1))
-    plot_theory(res, args.out / "theory.png")
+def _print_results(res: dict[str, Any]) -> None:
+    """The numbers ``run_theory`` returned: headline, per seed, controls, step scaling, variants, sweep."""
     print(f"== headline ({res['n_seeds']} seeds, {res['n_targets_total']} targets, {res['seconds']:.0f} s)")
     for key in (
         "pearson_r",
@@ -104,6 +95,9 @@ def main() -> None:
             f"slope {_f(row['analytic_slope'])}"
         )
 
+
+def _other_shapes() -> None:
+    """The fit on other toy shapes, to show the default toy was not picked to agree."""
     print("== other toy shapes (3 seeds x 4 targets, default fine-tuning): pearson / spearman / mean|rel|")
     for n, d, p, decay in [(20, 5, 0.05, 1.0), (80, 20, 0.02, 1.0), (40, 10, 0.1, 1.0), (40, 10, 0.05, 0.97)]:
         rows = []
@@ -117,11 +111,14 @@ def main() -> None:
                 fit = fit_stats(r.measured[r.used], r.predictor[r.used])
                 rows.append((fit.pearson_r, fit.spearman_r, float(np.abs(r.relative[r.used]).mean())))
         arr = np.array(rows)
-        rep = geometry_report(toy.model).n_represented
+        rep = toy_geometry(toy.model).n_represented
         print(
             f"  n={n} d={d} p={p} decay={decay} (rep {rep}): {arr[:, 0].mean():.3f} / {arr[:, 1].mean():.3f} / {arr[:, 2].mean():.4f}"
         )
 
+
+def _tied_full_parts(cfg: TheoryConfig) -> None:
+    """Which fine-tuned part (bias, encoder, readout) drives the sign flip of the tied/full variant."""
     print("== tied/full: correlation with cos of the change caused by each fine-tuned part alone (seed 0)")
     toy = train_toy(replace(cfg.toy, seed=0))
     w0, b0 = toy.model.W.detach(), toy.model.b.detach()
@@ -149,6 +146,23 @@ def main() -> None:
         )
     for name, rs in parts.items():
         print(f"  {name:14s} r = {np.mean(rs):.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=Path("/tmp/spillover-theory-bench"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    t0 = time.perf_counter()
+    cfg = TheoryConfig()
+    res = run_theory(cfg)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "theory.json").write_text(json.dumps(to_dict(res), indent=1))
+    plot_theory(res, args.out / "theory.png")
+    _print_results(res)
+    _other_shapes()
+    _tied_full_parts(cfg)
     print(f"total {time.perf_counter() - t0:.0f} s; wrote {args.out / 'theory.json'}")
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 import torch
@@ -140,7 +141,88 @@ def test_read_texts_names_file_and_line_of_bad_jsonl(tmp_path):
 
 
 def test_two_inputs_with_the_same_file_name_are_refused_not_overwritten():
-    from spillover.cli.geometry import GeometryRunConfig
+    from spillover.studies.geometry import GeometryRunConfig
 
     with pytest.raises(ValueError, match=r"\['train'\] occur more than once"):
         GeometryRunConfig(datasets=("a/train.jsonl",), controls=("b/train.jsonl.gz",))
+
+
+def _no_training(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("training started before the inputs were checked")
+
+    for target in (
+        "spillover.organism.train_organism",
+        "spillover.organism.pipeline.train_organism",
+        "spillover.organism.inputs.train_organism_saes",
+        "spillover.sae.train.train_sae_on_activations",
+        "spillover.models.load_model",
+    ):
+        monkeypatch.setattr(target, boom)
+
+
+def _fails_fast(args, monkeypatch):
+    from spillover.cli import app
+
+    _no_training(monkeypatch)
+    start = time.perf_counter()
+    result = CliRunner().invoke(app, ["geometry", *args])
+    assert time.perf_counter() - start < 60
+    assert result.exit_code == 2, (result.output, result.exception)
+    return result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--sae", "/nonexistent"], "'/nonexistent' is neither an existing folder"),
+        (["--dataset", "/nonexistent/a.jsonl"], "--dataset /nonexistent/a.jsonl does not exist"),
+        (["--toxic", "/nonexistent/t.txt"], "--toxic /nonexistent/t.txt does not exist"),
+        (["--layers", "7"], "layers [7] do not exist"),
+        (["--layers", "1,1"], "distinct"),
+        (["--dtype", "int8"], "'int8'"),
+        (["--device", "tpu-nonsense"], "'tpu-nonsense'"),
+        (["--set", "geometry.top_k=0"], "top_k must be >= 1"),
+        (["--set", "geometry.risk_layers=[2]", "--layers", "0,1"], "risk_layers [2]"),
+        (["--set", "sae_k=0"], "k=0"),
+        (["--sae", "no-such-release:layer_0"], "'no-such-release' is not in SAELens"),
+    ],
+)
+def test_organism_inputs_fail_before_anything_trains(args, named, monkeypatch):
+    output = _fails_fast(["--model", "organism", *args], monkeypatch)
+    assert named in output
+
+
+def test_a_malformed_dataset_fails_before_the_organism_trains(tmp_path, monkeypatch):
+    bad = tmp_path / "bad.jsonl"
+    good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    bad.write_text(json.dumps(good) + '\n{"messages": \n')
+    output = _fails_fast(["--dataset", str(bad)], monkeypatch)
+    assert "bad.jsonl:2" in output
+
+
+def test_an_sae_folder_without_the_layer_fails_before_the_model_loads(tmp_path, monkeypatch):
+    (tmp_path / "saes" / "layer_0").mkdir(parents=True)
+    (tmp_path / "saes" / "layer_0" / "cfg.json").write_text("{}")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"num_hidden_layers": 2}))
+    data = tmp_path / "d.jsonl"
+    write_chat(data, [[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]])
+    common = ["--model", str(model), "--dataset", str(data), "--toxic", str(data), "--benign", str(data)]
+    output = _fails_fast([*common, "--sae", str(tmp_path / "saes"), "--layers", "0,1"], monkeypatch)
+    assert "not for [1]" in output
+    output = _fails_fast([*common, "--sae", "saes/layer_{layer}", "--layers", "0,5"], monkeypatch)
+    assert "saes/layer_0" in output
+    output = _fails_fast([*common[:2], "--sae", str(tmp_path / "saes")], monkeypatch)
+    assert "--dataset, --toxic and --benign are required" in output
+    output = _fails_fast(["--model", str(tmp_path / "missing"), *common[2:], "--sae", "x"], monkeypatch)
+    assert "missing does not exist" in output
+
+
+def test_a_bad_config_file_fails_cleanly(tmp_path, monkeypatch):
+    (tmp_path / "c.yaml").write_text("model: [unclosed\n")
+    assert "not valid YAML" in _fails_fast(["--config", str(tmp_path / "c.yaml")], monkeypatch)
+    (tmp_path / "c.yaml").write_text("- a list\n")
+    assert "must be a mapping" in _fails_fast(["--config", str(tmp_path / "c.yaml")], monkeypatch)
+    assert "does not exist" in _fails_fast(["--config", str(tmp_path / "none.yaml")], monkeypatch)

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from spillover.geometry.report import GeometryConfig, geometry_report, pooled_comparison
+from spillover.geometry.compare import pooled_comparison
+from spillover.geometry.report import GeometryConfig, geometry_report
 from spillover.geometry.risk import risk_score
 from spillover.geometry.validate import logit_lens
 

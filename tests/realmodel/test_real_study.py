@@ -6,14 +6,13 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from spillover.config import load_config
+from spillover.generate import SamplingConfig
+from spillover.realmodel import StudyConfig, load_study_config, run_study
 from spillover.realmodel.contrasts import CONTRASTS
-from spillover.realmodel.smollm import StudyConfig, run_study
 
 
 def _tiny_config(model_dir, data_dir) -> StudyConfig:
-    return load_config(
-        StudyConfig,
+    return load_study_config(
         {
             "model": str(model_dir),
             "layers": [0, 2],
@@ -25,7 +24,7 @@ def _tiny_config(model_dir, data_dir) -> StudyConfig:
                 "max_len": 60,
                 "finetune_max_len": 60,
             },
-            "self_answers": {"max_new_tokens": 6},
+            "self_answers": {"sampling": {"max_new_tokens": 6}},
             "sae": {"d_sae": 64, "k": 4, "training_tokens": 512, "batch_size": 128},
             "geometry": {
                 "top_k": 5,
@@ -43,7 +42,7 @@ def _tiny_config(model_dir, data_dir) -> StudyConfig:
                 "max_seq_len": 60,
                 "lr": 1e-2,
             },
-            "dynamics": {"answers_per_question": 1, "max_new_tokens": 4, "n_random_sets": 10},
+            "dynamics": {"answers_per_question": 1, "sampling": {"max_new_tokens": 4}, "n_random_sets": 10},
         },
     )
 
@@ -96,20 +95,54 @@ def test_study_runs_end_to_end_on_a_tiny_model_and_reuses_its_stages(
     assert again.report["summary"] == report["summary"]
 
 
-def test_cli_reports_a_missing_data_folder_cleanly(tmp_path, tiny_model_dir):
-    from spillover.cli.real import app
+def _no_model_loading(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
 
-    res = CliRunner().invoke(
-        app,
-        ["study", "--data-dir", str(tmp_path), "--set", f"model={tiny_model_dir}", "--out", str(tmp_path)],
-    )
-    assert res.exit_code == 2
-    assert "lacks" in res.output
+    monkeypatch.setattr("spillover.models.load_model", boom)
 
 
-def test_config_rejects_layers_beyond_the_model(tiny_model_dir, data_dir, tmp_path):
+def test_layers_beyond_a_local_model_fail_before_it_loads(tiny_model_dir, data_dir, tmp_path, monkeypatch):
     cfg = _tiny_config(tiny_model_dir, data_dir)
     from dataclasses import replace
 
-    with pytest.raises(ValueError, match="exceed"):
+    _no_model_loading(monkeypatch)
+    with pytest.raises(ValueError, match=r"exceed the model's 3 layers"):
         run_study(replace(cfg, layers=(0, 7)), root=tmp_path)
+
+
+def test_bad_study_inputs_fail_before_the_model_loads(tmp_path, tiny_model_dir, data_dir, monkeypatch):
+    from spillover.cli.real import app
+
+    _no_model_loading(monkeypatch)
+    model = f"model={tiny_model_dir}"
+    cases = [
+        (["--data-dir", str(tmp_path)], "lacks"),
+        (["--set", "questions=em/nope.yaml", "--data-dir", str(data_dir)], "em/nope.yaml"),
+        (["--set", "layers=[0,9]", "--data-dir", str(data_dir)], "exceed"),
+        (["--set", "dynamics.sampling.top_p=0", "--data-dir", str(data_dir)], "top_p"),
+        (["--config", str(tmp_path / "none.yaml")], "none.yaml does not exist"),
+    ]
+    (tmp_path / "file").write_text("")
+    cases.append((["--data-dir", str(data_dir), "--out", str(tmp_path / "file")], "is not a folder"))
+    for args, named in cases:
+        res = CliRunner().invoke(app, ["study", "--set", model, "--out", str(tmp_path / "out"), *args])
+        assert res.exit_code == 2, (args, res.output, res.exception)
+        assert named in res.output, (args, res.output)
+
+
+def test_sampling_defaults_are_the_studys_and_partial_overrides_keep_them(tmp_path):
+    cfg = StudyConfig()
+    assert cfg.self_answers.sampling == SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=64, seed=0)
+    assert cfg.dynamics.sampling == SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=80, seed=0)
+    changed = load_study_config(None, ["self_answers.sampling.max_new_tokens=10"])
+    assert changed.self_answers.sampling == SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=10)
+    (tmp_path / "partial.yaml").write_text("dynamics:\n  sampling: {seed: 3}\n")
+    assert load_study_config(tmp_path / "partial.yaml").dynamics.sampling.max_new_tokens == 80
+
+
+def test_the_shipped_config_is_the_defaults():
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[2] / "configs" / "smollm2.yaml"
+    assert load_study_config(shipped) == StudyConfig()

@@ -92,3 +92,33 @@ def test_quick_config_is_valid_and_smaller_than_the_default():
     with pytest.raises(ValueError, match="variants"):
         TheoryConfig(variants=("lora/target/sgd",))
     assert isinstance(full.toy, ToyConfig)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--set", "step_lrs=[0.1, 0]"], "step_lrs must be > 0"),
+        (["--set", "step_counts=[0]"], "step_counts >= 1"),
+        (["--set", "variant_lr_adam=0"], "variant_lr_adam must be > 0"),
+        (["--set", "finetune.lr=-1"], "lr > 0"),
+        (["--config", "MISSING"], "does not exist"),
+        (["--config", "BADYAML"], "not valid YAML"),
+        (["--out", "AFILE"], "is not a folder"),
+    ],
+)
+def test_bad_inputs_fail_before_any_toy_trains(args, named, tmp_path, monkeypatch):
+    from spillover.cli import app
+
+    def boom(*a, **k):
+        raise AssertionError("the experiment ran before its inputs were checked")
+
+    monkeypatch.setattr("spillover.theory.run.run_theory", boom)
+    (tmp_path / "bad.yaml").write_text("toy: [unclosed\n")
+    (tmp_path / "file").write_text("")
+    where = {"MISSING": tmp_path / "none.yaml", "BADYAML": tmp_path / "bad.yaml", "AFILE": tmp_path / "file"}
+    args = [str(where.get(a, a)) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, ["theory", *args])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert named in result.output

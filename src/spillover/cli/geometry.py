@@ -6,95 +6,28 @@ spillover geometry --model path/to/hf_model --sae 'saes/layer_{layer}' --layers 
     --dataset insecure.jsonl --control secure.jsonl --toxic toxic.txt --benign benign.txt --out geo/
 spillover geometry --config configs/geometry-gemma2-2b.yaml       # Gemma-2-2B-it + Gemma Scope (GPU)
 
-Datasets are chat JSONL(.gz); ``--dataset`` i is paired with ``--control`` i. Toxic/benign corpora are
-chat JSONL (assistant answers are read) or plain text (``.txt``, one sample per line; or JSONL with a
-``text`` field). Results go to a cached run directory (reused on a rerun, ``--force`` recomputes);
-``--out`` also copies geometry.json and the plots there.
+A shell over ``spillover.studies.geometry.run_geometry`` (the inputs, their checks and the stage live
+there). Results go to a cached run directory (reused on a rerun, ``--force`` recomputes); ``--out`` also
+copies geometry.json and the plots there.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import logging
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from spillover.cli._common import fail
-from spillover.data.texts import read_texts
+from spillover.studies.geometry import GeometryRunConfig, run_geometry
 
 app = typer.Typer(
     help="Score datasets by how close their SAE features sit to toxic features (geometry.json + plots).",
     invoke_without_command=True,
 )
-
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GeometryRunConfig:
-    """Everything ``spillover geometry`` needs; the YAML given to ``--config`` has these keys."""
-
-    model: str = "organism"
-    """``organism`` (the built-in model organism), a local HF folder, a hub id, ``gguf:FILE`` or ``smollm2``."""
-    sae: str | None = None
-    """SAE spec: a SAELens folder, a folder of ``layer_<L>/`` SAEs, or ``release:sae_id`` with ``{layer}``."""
-    layers: tuple[int, ...] = ()
-    """Layers to analyse (default: every layer with an SAE)."""
-    datasets: tuple[str, ...] = ()
-    """Candidate (e.g. inducing) datasets, chat JSONL."""
-    controls: tuple[str, ...] = ()
-    """Control datasets, paired in order with ``datasets``."""
-    toxic: str | None = None
-    """Toxic text (plain text or chat JSONL)."""
-    benign: str | None = None
-    """Benign text, the toxic corpus' contrast."""
-    reference: str | None = None
-    """Reference corpus for dataset features (default: all datasets pooled; organism: its safety data)."""
-    dtype: str = "float32"
-    """Model dtype: float32 or bfloat16."""
-    device: str | None = None
-    """Device (default: cuda if available, else cpu)."""
-    organism_seed: int = 0
-    """Organism seed (model organism only)."""
-    organism_quick: bool = False
-    """Use the tiny quick organism and small SAEs (model organism only)."""
-    toxic_domains: str = "ood"
-    """Organism toxic corpus domains: ``ood`` (EM evaluation domains) or ``all``."""
-    sae_d: int = 1024
-    """Organism SAE width."""
-    sae_k: int = 16
-    """Organism SAE L0."""
-    geometry: Any = field(default=None)
-    """GeometryConfig fields (see ``spillover.geometry.report.GeometryConfig``)."""
-
-    def __post_init__(self) -> None:
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-        if self.controls and len(self.controls) != len(self.datasets):
-            raise ValueError(
-                f"{len(self.controls)} controls for {len(self.datasets)} datasets: --control i pairs with --dataset i"
-            )
-        names = [_name(p) for p in (*self.datasets, *self.controls)]
-        clashes = sorted({n for n in names if names.count(n) > 1})
-        if clashes:
-            raise ValueError(
-                f"datasets and controls are named by their file names, and {clashes} occur more than once; "
-                "rename or copy one of the files"
-            )
-        if self.toxic_domains not in ("ood", "all"):
-            raise ValueError(f"toxic_domains must be 'ood' or 'all', got {self.toxic_domains!r}")
-
-
-def _name(path: str) -> str:
-    name = Path(path).name
-    for suffix in (".gz", ".jsonl", ".json", ".txt"):
-        name = name.removesuffix(suffix)
-    return name
 
 
 def _parse_layers(text: str | None) -> tuple[int, ...]:
@@ -106,129 +39,20 @@ def _parse_layers(text: str | None) -> tuple[int, ...]:
         raise typer.BadParameter(f"--layers must be comma-separated integers, got {text!r}") from None
 
 
-def run_geometry(cfg: GeometryRunConfig, *, force: bool = False, root: str | Path | None = None) -> Path:
-    """Run ``spillover geometry`` for a resolved config; returns the stage folder with geometry.json."""
-    import torch
+def _yaml_mapping(path: Path) -> dict[str, Any]:
+    import yaml
 
-    from spillover.config import load_config, to_dict
-    from spillover.geometry.report import GeometryConfig, geometry_report, write_geometry_report
-    from spillover.rundir import run_stage
-    from spillover.sae.load import load_saes
+    from spillover.config import ConfigError
 
-    gcfg = load_config(GeometryConfig, cfg.geometry or {})
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, cfg.dtype)
-    inputs: dict[str, Any] = {}
-    if cfg.model == "organism":
-        from spillover.organism import OrganismConfig, load_organism, train_organism
-        from spillover.organism.inputs import OrganismSAEConfig, organism_inputs, train_organism_saes
-        from spillover.sae.train import SAETrainConfig
-
-        ocfg = (
-            OrganismConfig.quick(cfg.organism_seed)
-            if cfg.organism_quick
-            else OrganismConfig(seed=cfg.organism_seed)
-        )
-        art = train_organism(ocfg, root=root)
-        if cfg.sae is None:
-            sae_cfg = (
-                OrganismSAEConfig(
-                    sae=SAETrainConfig(d_sae=256, k=8, training_tokens=200_000, batch_size=512),
-                    n_documents=800,
-                )
-                if cfg.organism_quick
-                else OrganismSAEConfig(sae=SAETrainConfig(d_sae=cfg.sae_d, k=cfg.sae_k))
-            )
-            sae_spec = str(train_organism_saes(art, sae_cfg, root=root))
-        else:
-            sae_spec = cfg.sae
-        inputs["model"] = art.run_dir
-        inputs["data"] = art.data_dir
-
-        def load_model() -> tuple[Any, Any]:
-            return load_organism(art.model_dir)
-
-        def load_data() -> tuple[
-            dict[str, Any],
-            list[Any],
-            list[Any],
-            list[Any] | None,
-            tuple[tuple[str, str], ...],
-            dict[str, str],
-        ]:
-            o = organism_inputs(art, toxic_domains=cfg.toxic_domains)  # type: ignore[arg-type]
-            extra = {_name(p): read_texts(p) for p in (*cfg.datasets, *cfg.controls)}
-            pairs = o.pairs + tuple(zip(map(_name, cfg.datasets), map(_name, cfg.controls), strict=False))
-            toxic = read_texts(cfg.toxic) if cfg.toxic else o.toxic
-            benign = read_texts(cfg.benign) if cfg.benign else o.benign
-            reference = read_texts(cfg.reference) if cfg.reference else o.reference
-            return {**o.datasets, **extra}, toxic, benign, reference, pairs, dict(o.roles)
-
-    else:
-        if cfg.sae is None:
-            raise typer.BadParameter("--sae is required for a model other than the organism")
-        if not cfg.datasets or cfg.toxic is None or cfg.benign is None:
-            raise typer.BadParameter(
-                "--dataset, --toxic and --benign are required for a model other than the organism"
-            )
-        sae_spec = cfg.sae
-        inputs["model"] = Path(cfg.model) if Path(cfg.model).exists() else cfg.model
-
-        def load_model() -> tuple[Any, Any]:
-            # Hub ids, local folders, GGUF files and the offline SmolLM2 alias (spillover.models).
-            from spillover.models import ModelSpec, load_model
-
-            loaded = load_model(ModelSpec(source=cfg.model, dtype=cfg.dtype, device=device))  # type: ignore[arg-type]
-            return loaded.model, loaded.tokenizer
-
-        def load_data() -> tuple[
-            dict[str, Any],
-            list[Any],
-            list[Any],
-            list[Any] | None,
-            tuple[tuple[str, str], ...],
-            dict[str, str],
-        ]:
-            data = {_name(p): read_texts(p) for p in (*cfg.datasets, *cfg.controls)}
-            pairs = tuple(zip(map(_name, cfg.datasets), map(_name, cfg.controls), strict=False))
-            reference = read_texts(cfg.reference) if cfg.reference else None
-            # Paired datasets are compared as inducing vs control; unpaired ones are just scored.
-            roles = {_name(p): "dataset" for p in cfg.datasets[len(cfg.controls) :]}
-            return data, read_texts(cfg.toxic), read_texts(cfg.benign), reference, pairs, roles  # type: ignore[arg-type]
-
-    for i, p in enumerate((*cfg.datasets, *cfg.controls)):
-        inputs[f"dataset_{i}"] = Path(p)
-    for key in ("toxic", "benign", "reference"):
-        value = getattr(cfg, key)
-        if value:
-            inputs[key] = Path(value)
-    sae_path = Path(sae_spec)
-    inputs["sae"] = sae_path if sae_path.exists() else sae_spec
-    config = {**to_dict(cfg), "geometry": to_dict(gcfg), "resolved_sae": str(sae_spec)}
-
-    def fn(out: Path) -> None:
-        model, tokenizer = load_model()
-        if cfg.model == "organism":
-            model.to(device=device, dtype=dtype)
-        saes = load_saes(sae_spec, model, list(cfg.layers) or None, device=device)
-        datasets, toxic, benign, reference, pairs, roles = load_data()
-        meta = {"model": cfg.model, "sae": sae_spec, "dtype": cfg.dtype, "device": device}
-        result = geometry_report(
-            model,
-            tokenizer,
-            saes,
-            datasets,
-            toxic=toxic,
-            benign=benign,
-            reference=reference,
-            roles=roles,  # type: ignore[arg-type]
-            pairs=pairs,
-            cfg=gcfg,
-            meta=meta,
-        )
-        write_geometry_report(result.report, out)
-
-    return run_stage("geometry", config, fn, root=root, inputs=inputs, force=force)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of GeometryRunConfig keys")
+    return dict(loaded or {})
 
 
 def _summary(report: dict[str, Any]) -> str:
@@ -312,16 +136,12 @@ def geometry(
     if ctx.invoked_subcommand is not None:
         return
     import torch
-    import yaml
 
     from spillover.config import ConfigError, load_config
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
-    base: dict[str, Any] = {}
-    if config is not None:
-        if not config.is_file():
-            raise fail(f"config file {config} does not exist")
-        base = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    if out is not None and out.exists() and not out.is_dir():
+        raise fail(f"--out {out} exists and is not a folder")
     flags = {
         "model": model,
         "sae": sae,
@@ -336,12 +156,13 @@ def geometry(
         "organism_seed": seed,
         "organism_quick": True if quick else None,
     }
-    base.update({k: v for k, v in flags.items() if v is not None})
     try:
+        base = _yaml_mapping(config) if config is not None else {}
+        base.update({k: v for k, v in flags.items() if v is not None})
         cfg = load_config(GeometryRunConfig, base, overrides or [])
         stage = run_geometry(cfg, force=force)
     except (ConfigError, FileNotFoundError, ValueError, KeyError) as exc:
-        raise fail(str(exc)) from exc
+        raise fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc)) from exc
     report = json.loads((stage / "geometry.json").read_text())
     typer.echo(_summary(report))
     if out is not None:

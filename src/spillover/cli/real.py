@@ -49,15 +49,15 @@ def study(
     """Train SAEs on SmolLM2, measure latent geometry and mean differences, run LoRA dynamics; write JSON."""
     import torch
 
-    from spillover.config import ConfigError, load_config
-    from spillover.realmodel.smollm import StudyConfig, quick_config, run_study
+    from spillover.config import ConfigError
+    from spillover.realmodel import load_study_config, quick_config, run_study
 
     torch.set_num_threads(threads)
     sets = list(overrides or [])
     if data_dir is not None:
         sets.append(f"data.data_dir={data_dir}")
     try:
-        cfg = load_config(StudyConfig, config, sets)
+        cfg = load_study_config(config, sets)
         if quick:
             cfg = quick_config(cfg)
         result = run_study(cfg, out_dir=out, root=root, force=force)

@@ -15,6 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from spillover.geometry.compare import compare_groups, pooled_comparison
     from spillover.geometry.features import (
         Aggregate,
         FeatureSet,
@@ -29,9 +30,7 @@ if TYPE_CHECKING:
     from spillover.geometry.report import (
         GeometryConfig,
         GeometryResult,
-        compare_groups,
         geometry_report,
-        pooled_comparison,
         write_geometry_report,
     )
     from spillover.geometry.risk import RISK_DEFINITION, RiskMeasure, risk_score
@@ -67,9 +66,9 @@ _EXPORTS = {
     "toxic_features": "spillover.geometry.features",
     "GeometryConfig": "spillover.geometry.report",
     "GeometryResult": "spillover.geometry.report",
-    "compare_groups": "spillover.geometry.report",
+    "compare_groups": "spillover.geometry.compare",
     "geometry_report": "spillover.geometry.report",
-    "pooled_comparison": "spillover.geometry.report",
+    "pooled_comparison": "spillover.geometry.compare",
     "write_geometry_report": "spillover.geometry.report",
     "RISK_DEFINITION": "spillover.geometry.risk",
     "RiskMeasure": "spillover.geometry.risk",

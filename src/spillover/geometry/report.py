@@ -3,9 +3,10 @@
 ``geometry_report`` scores every dataset (plus toxic, benign and reference corpora) under every SAE in
 one early-stopped pass per batch, then per SAE/layer: selects the toxic latents and each dataset's
 latents, measures decoder-cosine geometry against a random-latent-set null, the mean-difference
-measure and the extra toxic-latent activation, tests inducing vs control datasets, validates every
-selected latent (logit lens, top contexts), and computes the EM-risk score. The result is a JSON-ready
-dict (``geometry.json``); ``spillover.geometry.plots`` draws it.
+measure and the extra toxic-latent activation, tests inducing vs control datasets
+(``spillover.geometry.compare``), validates every selected latent (logit lens, top contexts), and
+computes the EM-risk score. The result is a JSON-ready dict (``geometry.json``);
+``spillover.geometry.plots`` draws it.
 
 Python::
 
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from spillover.config import to_dict
+from spillover.geometry.compare import compare_groups
 from spillover.geometry.features import (
     Aggregate,
     FeatureSet,
@@ -45,7 +47,7 @@ from spillover.geometry.similarity import (
     feature_geometry,
     mean_difference_score,
 )
-from spillover.geometry.stats import mann_whitney, permutation_test, random_set_null, sign_flip_test
+from spillover.geometry.stats import random_set_null
 from spillover.geometry.validate import context_snippets, logit_lens
 from spillover.sae.activations import Sample, TokenSelection
 from spillover.sae.load import SAEHandle
@@ -53,9 +55,7 @@ from spillover.sae.load import SAEHandle
 __all__ = [
     "GeometryConfig",
     "GeometryResult",
-    "compare_groups",
     "geometry_report",
-    "pooled_comparison",
     "write_geometry_report",
 ]
 
@@ -145,62 +145,149 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def compare_groups(
-    per_dataset: Mapping[str, Mapping[str, Any]],
+def _roles_and_corpora(
+    datasets: Mapping[str, Sequence[Sample]],
+    toxic: Sequence[Sample],
+    benign: Sequence[Sample],
+    reference: Sequence[Sample] | None,
+    roles: Mapping[str, Role] | None,
     pairs: Sequence[tuple[str, str]],
-    inducing: Sequence[str],
-    controls: Sequence[str],
-    *,
-    n_permutations: int = 10000,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Inducing vs control at one layer: feature-level and dataset-level tests.
+    max_samples: int | None,
+) -> tuple[dict[str, Role], dict[str, Sequence[Sample]]]:
+    """Every dataset's role, and every dataset and corpus cut to ``max_samples`` (checked non-empty)."""
+    out: dict[str, Role] = dict(roles or {})
+    for i, c in pairs:
+        for name in (i, c):
+            if name not in datasets:
+                raise KeyError(
+                    f"pair ({i}, {c}) names {name!r}, which is not among the datasets {sorted(datasets)}"
+                )
+        out.setdefault(i, "inducing")
+        out.setdefault(c, "control")
+    for name in datasets:
+        out.setdefault(name, "dataset")
+        if name in (TOXIC, BENIGN, REFERENCE):
+            raise ValueError(f"dataset name {name!r} is reserved")
+    cut = slice(None, max_samples)
+    corpora: dict[str, Sequence[Sample]] = {name: list(s)[cut] for name, s in datasets.items()}
+    corpora[TOXIC] = list(toxic)[cut]
+    corpora[BENIGN] = list(benign)[cut]
+    if reference is not None:
+        corpora[REFERENCE] = list(reference)[cut]
+    for name, samples in corpora.items():
+        if not samples:
+            raise ValueError(f"dataset {name!r} is empty")
+    return out, corpora
 
-    Feature level: the nearest-toxic cosines of all inducing datasets' latents vs all controls' latents
-    (shared latents excluded, as in the paper), a permutation test stratified by pair and a Mann-Whitney
-    U test. Dataset level: per pair, inducing minus control of ``proximity``, ``mean_max`` and
-    ``mean_diff``, with an exact sign-flip test over pairs.
-    """
-    a_vals: list[float] = []
-    b_vals: list[float] = []
-    a_str: list[object] = []
-    b_str: list[object] = []
-    pair_of = {name: i for i, pair in enumerate(pairs) for name in pair}
-    for name in inducing:
-        vals = per_dataset[name]["geometry"]["max_cos"]
-        a_vals += vals
-        a_str += [pair_of.get(name, -1)] * len(vals)
-    for name in controls:
-        vals = per_dataset[name]["geometry"]["max_cos"]
-        b_vals += vals
-        b_str += [pair_of.get(name, -1)] * len(vals)
-    out: dict[str, Any] = {
-        "inducing": list(inducing),
-        "controls": list(controls),
-        "feature_level": {
-            "mean_inducing": sum(a_vals) / len(a_vals) if a_vals else math.nan,
-            "mean_control": sum(b_vals) / len(b_vals) if b_vals else math.nan,
-            "permutation": permutation_test(
-                a_vals, b_vals, strata_a=a_str, strata_b=b_str, n_permutations=n_permutations, seed=seed
-            ).as_dict(),
-            "mann_whitney": mann_whitney(a_vals, b_vals).as_dict(),
-        },
+
+class _Scored(NamedTuple):
+    """What every layer's analysis reads: the data, their latent statistics and the settings."""
+
+    model: nn.Module
+    tokenizer: Any
+    corpora: dict[str, Sequence[Sample]]
+    stats: dict[str, dict[str, FeatureStats]]
+    roles: dict[str, Role]
+    names: list[str]
+    pairs: Sequence[tuple[str, str]]
+    cfg: GeometryConfig
+
+
+def _dataset_entry(
+    run: _Scored,
+    h: SAEHandle,
+    decoder: torch.Tensor,
+    tox_fs: FeatureSet,
+    pool: torch.Tensor,
+    name: str,
+    j: int,
+) -> tuple[dict[str, Any], FeatureSet]:
+    """One dataset at one layer: its latents, their geometry against the toxic set and its null."""
+    cfg, k = run.cfg, h.key
+    st, ref = run.stats[name][k], run.stats[REFERENCE][k]
+    fs = dataset_features(st, ref, k=cfg.top_k, aggregate=cfg.aggregate, selection=cfg.selection)
+    geo = feature_geometry(decoder, fs, tox_fs, threshold=cfg.threshold)
+    null = random_set_null(
+        decoder,
+        tox_fs.indices,
+        geo.n_dataset,
+        observed_mean_max=geo.mean_max,
+        observed_mean=geo.mean,
+        pool=pool,
+        n_draws=cfg.n_null,
+        seed=cfg.seed + j,
+    )
+    entry = {
+        "role": run.roles[name],
+        "n_samples": st.n_samples,
+        "n_tokens": st.n_tokens,
+        "sae_fvu": st.fvu,
+        "sae_l0": st.l0,
+        "geometry": geo.as_dict(),
+        "null": {m: r.as_dict() for m, r in null.items()},
+        "mean_diff": mean_difference_score(st, ref, run.stats[TOXIC][k], run.stats[BENIGN][k]),
+        "toxic_activation": excess_toxic_activation(st, ref, tox_fs, aggregate=cfg.aggregate),
+        "features": _describe(run.model, run.tokenizer, h, fs, st, run.corpora[name], cfg),
     }
-    if pairs:
-        paired: dict[str, Any] = {}
-        for metric in ("proximity", "mean_max", "mean_diff", "toxic_activation"):
-            diffs = [_metric(per_dataset[i], metric) - _metric(per_dataset[c], metric) for i, c in pairs]
-            paired[metric] = {"differences": diffs, "test": sign_flip_test(diffs, seed=seed).as_dict()}
-        out["paired"] = paired
-    return out
+    return entry, fs
 
 
-def _metric(entry: Mapping[str, Any], metric: str) -> float:
-    if metric in ("proximity", "mean_max", "mean"):
-        value = entry["geometry"][metric]
-    else:
-        value = entry[metric]
-    return float(value) if value is not None else math.nan
+def _layer_report(run: _Scored, h: SAEHandle) -> tuple[dict[str, Any], FeatureSet, dict[str, FeatureSet]]:
+    """One SAE/layer: the toxic latents, every dataset's entry and the inducing-vs-control tests."""
+    cfg, k, stats = run.cfg, h.key, run.stats
+    tox_fs = toxic_features(stats[TOXIC][k], stats[BENIGN][k], k=cfg.toxic_top_k, aggregate=cfg.aggregate)
+    alive = torch.zeros(h.d_sae, dtype=torch.bool)
+    for name in run.corpora:
+        alive |= stats[name][k].alive
+    if REFERENCE not in run.corpora:
+        alive |= stats[REFERENCE][k].alive
+    pool = alive.nonzero().squeeze(1)
+    decoder = h.decoder().cpu()
+    per_dataset: dict[str, Any] = {}
+    feature_sets: dict[str, FeatureSet] = {}
+    for j, name in enumerate(run.names):
+        per_dataset[name], feature_sets[name] = _dataset_entry(run, h, decoder, tox_fs, pool, name, j)
+    layer: dict[str, Any] = {
+        "site": {"module_path": h.site.module_path, "io": h.site.io, "layer": h.layer},
+        "sae": {"source": h.source, "d_sae": h.d_sae, "d_in": h.d_in},
+        "toxic_features": _describe(
+            run.model, run.tokenizer, h, tox_fs, stats[TOXIC][k], run.corpora[TOXIC], cfg
+        ),
+        "corpora": {
+            name: {
+                "n_samples": stats[c][k].n_samples,
+                "n_tokens": stats[c][k].n_tokens,
+                "sae_fvu": stats[c][k].fvu,
+                "sae_l0": stats[c][k].l0,
+            }
+            for name, c in (("toxic", TOXIC), ("benign", BENIGN), ("reference", REFERENCE))
+        },
+        "datasets": per_dataset,
+    }
+    inducing = [n for n in run.names if run.roles[n] == "inducing"]
+    controls = [n for n in run.names if run.roles[n] == "control"]
+    if inducing and controls:
+        layer["comparison"] = compare_groups(
+            per_dataset, run.pairs, inducing, controls, n_permutations=cfg.n_permutations, seed=cfg.seed
+        )
+    return layer, tox_fs, feature_sets
+
+
+def _risk_scores(
+    layers_out: Mapping[str, Any], names: Sequence[str], measure: RiskMeasure, risk_layers: Sequence[str]
+) -> dict[str, float]:
+    risk: dict[str, float] = {}
+    for name in names:
+        per_layer = {
+            k: {
+                "mean_diff": layer["datasets"][name]["mean_diff"],
+                "proximity": layer["datasets"][name]["geometry"]["proximity"],
+                "null_mean_max": layer["datasets"][name]["null"]["mean_max"]["null_mean"],
+            }
+            for k, layer in layers_out.items()
+        }
+        risk[name] = risk_score(per_layer, measure, risk_layers)
+    return risk
 
 
 def geometry_report(
@@ -236,28 +323,7 @@ def geometry_report(
         The report and the statistics it was computed from.
     """
     cfg = cfg or GeometryConfig()
-    roles = dict(roles or {})
-    for i, c in pairs:
-        for name in (i, c):
-            if name not in datasets:
-                raise KeyError(
-                    f"pair ({i}, {c}) names {name!r}, which is not among the datasets {sorted(datasets)}"
-                )
-        roles.setdefault(i, "inducing")
-        roles.setdefault(c, "control")
-    for name in datasets:
-        roles.setdefault(name, "dataset")
-        if name in (TOXIC, BENIGN, REFERENCE):
-            raise ValueError(f"dataset name {name!r} is reserved")
-    cut = slice(None, cfg.max_samples)
-    corpora: dict[str, Sequence[Sample]] = {name: list(s)[cut] for name, s in datasets.items()}
-    corpora[TOXIC] = list(toxic)[cut]
-    corpora[BENIGN] = list(benign)[cut]
-    if reference is not None:
-        corpora[REFERENCE] = list(reference)[cut]
-    for name, samples in corpora.items():
-        if not samples:
-            raise ValueError(f"dataset {name!r} is empty")
+    all_roles, corpora = _roles_and_corpora(datasets, toxic, benign, reference, roles, pairs, cfg.max_samples)
     keys = [h.key for h in saes]
     # Checked before scoring: a risk layer without an SAE would otherwise fail after all the work.
     risk_layers = [f"layer_{layer}" for layer in cfg.risk_layers] or default_risk_layers(keys)
@@ -275,89 +341,21 @@ def geometry_report(
         max_len=cfg.max_len,
         top_contexts=cfg.top_contexts,
     )
-    if reference is None:
-        stats[REFERENCE] = {k: FeatureStats.pooled([stats[n][k] for n in datasets], key=k) for k in keys}
     names = list(datasets)
-    inducing = [n for n in names if roles[n] == "inducing"]
-    controls = [n for n in names if roles[n] == "control"]
+    if reference is None:
+        stats[REFERENCE] = {k: FeatureStats.pooled([stats[n][k] for n in names], key=k) for k in keys}
+    run = _Scored(model, tokenizer, corpora, stats, all_roles, names, pairs, cfg)
     layers_out: dict[str, Any] = {}
     tox_sets: dict[str, FeatureSet] = {}
     feat_sets: dict[str, dict[str, FeatureSet]] = {n: {} for n in names}
     for h in saes:
-        k = h.key
-        decoder = h.decoder().cpu()
-        ref = stats[REFERENCE][k]
-        tox_fs = toxic_features(stats[TOXIC][k], stats[BENIGN][k], k=cfg.toxic_top_k, aggregate=cfg.aggregate)
-        tox_sets[k] = tox_fs
-        alive = torch.zeros(h.d_sae, dtype=torch.bool)
-        for name in corpora:
-            alive |= stats[name][k].alive
-        if REFERENCE not in corpora:
-            alive |= stats[REFERENCE][k].alive
-        pool = alive.nonzero().squeeze(1)
-        per_dataset: dict[str, Any] = {}
-        for j, name in enumerate(names):
-            st = stats[name][k]
-            fs = dataset_features(st, ref, k=cfg.top_k, aggregate=cfg.aggregate, selection=cfg.selection)
-            feat_sets[name][k] = fs
-            geo = feature_geometry(decoder, fs, tox_fs, threshold=cfg.threshold)
-            null = random_set_null(
-                decoder,
-                tox_fs.indices,
-                geo.n_dataset,
-                observed_mean_max=geo.mean_max,
-                observed_mean=geo.mean,
-                pool=pool,
-                n_draws=cfg.n_null,
-                seed=cfg.seed + j,
-            )
-            per_dataset[name] = {
-                "role": roles[name],
-                "n_samples": st.n_samples,
-                "n_tokens": st.n_tokens,
-                "sae_fvu": st.fvu,
-                "sae_l0": st.l0,
-                "geometry": geo.as_dict(),
-                "null": {m: r.as_dict() for m, r in null.items()},
-                "mean_diff": mean_difference_score(st, ref, stats[TOXIC][k], stats[BENIGN][k]),
-                "toxic_activation": excess_toxic_activation(st, ref, tox_fs, aggregate=cfg.aggregate),
-                "features": _describe(model, tokenizer, h, fs, st, corpora[name], cfg),
-            }
-        layer: dict[str, Any] = {
-            "site": {"module_path": h.site.module_path, "io": h.site.io, "layer": h.layer},
-            "sae": {"source": h.source, "d_sae": h.d_sae, "d_in": h.d_in},
-            "toxic_features": _describe(model, tokenizer, h, tox_fs, stats[TOXIC][k], corpora[TOXIC], cfg),
-            "corpora": {
-                name: {
-                    "n_samples": stats[c][k].n_samples,
-                    "n_tokens": stats[c][k].n_tokens,
-                    "sae_fvu": stats[c][k].fvu,
-                    "sae_l0": stats[c][k].l0,
-                }
-                for name, c in (("toxic", TOXIC), ("benign", BENIGN), ("reference", REFERENCE))
-            },
-            "datasets": per_dataset,
-        }
-        if inducing and controls:
-            layer["comparison"] = compare_groups(
-                per_dataset, pairs, inducing, controls, n_permutations=cfg.n_permutations, seed=cfg.seed
-            )
-        layers_out[k] = layer
-    risk: dict[str, float] = {}
-    for name in names:
-        per_layer = {
-            k: {
-                "mean_diff": layers_out[k]["datasets"][name]["mean_diff"],
-                "proximity": layers_out[k]["datasets"][name]["geometry"]["proximity"],
-                "null_mean_max": layers_out[k]["datasets"][name]["null"]["mean_max"]["null_mean"],
-            }
-            for k in keys
-        }
-        risk[name] = risk_score(per_layer, cfg.risk_measure, risk_layers)
+        layers_out[h.key], tox_sets[h.key], by_name = _layer_report(run, h)
+        for name, fs in by_name.items():
+            feat_sets[name][h.key] = fs
     report = {
         "config": to_dict(cfg),
         "meta": dict(meta or {}),
-        "datasets": {n: {"role": roles[n]} for n in names},
+        "datasets": {n: {"role": all_roles[n]} for n in names},
         "pairs": [list(p) for p in pairs],
         "reference": "given" if reference is not None else "pooled datasets",
         "layers": layers_out,
@@ -365,7 +363,7 @@ def geometry_report(
             "definition": RISK_DEFINITION,
             "measure": cfg.risk_measure,
             "layers": risk_layers,
-            "scores": risk,
+            "scores": _risk_scores(layers_out, names, cfg.risk_measure, risk_layers),
         },
         "hist_bins": HIST_BINS,
     }
@@ -426,51 +424,3 @@ def write_geometry_report(report: Mapping[str, Any], out_dir: str | Path, *, plo
 
         plot_report(report, out)
     return path
-
-
-def pooled_comparison(
-    reports: Sequence[Mapping[str, Any]],
-    layer: str,
-    *,
-    n_permutations: int = 10000,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Inducing vs control pooled over several reports (e.g. organism seeds), at one layer.
-
-    Feature level: nearest-toxic cosines of inducing vs control latents, labels permuted within
-    (report, pair) strata, plus Mann-Whitney U. Dataset level: per (report, pair) differences of
-    ``proximity``, ``mean_max``, ``mean_diff`` and ``toxic_activation`` with an exact sign-flip test.
-    """
-    a_vals: list[float] = []
-    b_vals: list[float] = []
-    a_str: list[object] = []
-    b_str: list[object] = []
-    diffs: dict[str, list[float]] = {
-        m: [] for m in ("proximity", "mean_max", "mean_diff", "toxic_activation")
-    }
-    for r, report in enumerate(reports):
-        per_dataset = report["layers"][layer]["datasets"]
-        for p, (ind, ctl) in enumerate(report["pairs"]):
-            va = per_dataset[ind]["geometry"]["max_cos"]
-            vb = per_dataset[ctl]["geometry"]["max_cos"]
-            a_vals += va
-            b_vals += vb
-            a_str += [(r, p)] * len(va)
-            b_str += [(r, p)] * len(vb)
-            for m in diffs:
-                diffs[m].append(_metric(per_dataset[ind], m) - _metric(per_dataset[ctl], m))
-    return {
-        "layer": layer,
-        "n_reports": len(reports),
-        "feature_level": {
-            "mean_inducing": sum(a_vals) / len(a_vals) if a_vals else math.nan,
-            "mean_control": sum(b_vals) / len(b_vals) if b_vals else math.nan,
-            "permutation": permutation_test(
-                a_vals, b_vals, strata_a=a_str, strata_b=b_str, n_permutations=n_permutations, seed=seed
-            ).as_dict(),
-            "mann_whitney": mann_whitney(a_vals, b_vals).as_dict(),
-        },
-        "paired": {
-            m: {"differences": d, "test": sign_flip_test(d, seed=seed).as_dict()} for m, d in diffs.items()
-        },
-    }

@@ -10,7 +10,7 @@ scored as far from them.
 
 The mean-difference measure needs no SAE: ``cos(mean(D) - mean(ref), mean(toxic) - mean(benign))``
 over per-sample mean activations at the same site. It is the persona-direction view of the same
-question, and in the prototype organism it ranked datasets by their EM more robustly.
+question (how the two rank datasets by EM, measured: docs/results.md#organism-geometry).
 """
 
 from __future__ import annotations

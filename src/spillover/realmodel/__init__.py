@@ -25,7 +25,8 @@ from spillover.realmodel.dynamics import (
     run_dynamics,
     summarize_record,
 )
-from spillover.realmodel.smollm import SelfAnswerSettings, StudyConfig, StudyResult, quick_config, run_study
+from spillover.realmodel.smollm import StudyResult, check_study_inputs, run_study
+from spillover.realmodel.study_config import SelfAnswerSettings, StudyConfig, load_study_config, quick_config
 
 __all__ = [
     "CONTRASTS",
@@ -44,9 +45,11 @@ __all__ = [
     "StudyResult",
     "analyse_layer",
     "assemble_data",
+    "check_study_inputs",
     "collect_cache",
     "describe_contrasts",
     "latent_set_activation",
+    "load_study_config",
     "quick_config",
     "run_dynamics",
     "run_study",

@@ -1,10 +1,9 @@
 """The study's contrasts: which latents are compared with which toxic latents, and why each is clean.
 
-A reference measurement outside this repository (150 conversations per dataset, answer tokens, no SAE)
-found a trap: against a benign reference of ordinary chat, *every* advice dataset's mean shift lines up
-with a "toxic" direction built from other advice datasets (cosine ~0.5-0.7), good medical advice as much
-as bad; topic and style dominate such directions and the harm component is small. The contrasts below
-are built to separate harm from topic and style, and every one is written into the study's JSON.
+Against a benign reference of ordinary chat, topic and style dominate the mean shift of any advice
+dataset, good advice as much as bad, so a "toxic" direction built from other advice datasets lines up
+with all of them (measured: docs/results.md#smollm2-geometry). The contrasts below are built to separate
+harm from topic and style, and every one is written into the study's JSON.
 
 Three kinds of measurement, all on answer tokens, all per layer (computed in
 ``spillover.realmodel.measures``):

@@ -18,7 +18,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -28,6 +28,7 @@ import torch
 from spillover.data.chat import Conversation
 from spillover.finetune import FinetuneConfig, finetune
 from spillover.generate import generate
+from spillover.generate.sampling import SamplingConfig
 from spillover.geometry.stats import sign_flip_test
 from spillover.sae.activations import TokenSelection, iter_activations
 from spillover.sae.load import SAEHandle
@@ -44,28 +45,31 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def _answer_sampling() -> SamplingConfig:
+    return SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=80, seed=0)
+
+
 @dataclass(frozen=True)
 class DynamicsSettings:
     """What the dynamics run measures and samples."""
 
     answers_per_question: int = 3
     """Sampled answers per first-plot question, before and after fine-tuning."""
-    max_new_tokens: int = 80
-    """Answer length limit."""
-    temperature: float = 1.0
-    """Sampling temperature of the answers (the EM evaluation's)."""
-    sample_seed: int = 0
-    """Seeds the answer sampling (the same before and after)."""
+    sampling: SamplingConfig = field(default_factory=_answer_sampling)
+    """How those answers are sampled: the EM evaluation's temperature 1, up to 80 new tokens; the seed is
+    the same before and after. A partial ``sampling`` block in a dict or YAML starts from
+    ``SamplingConfig``'s own defaults (``load_study_config`` starts from these)."""
     n_random_sets: int = 200
     """Random alive latent sets (same size as each tracked set) whose change is the drift null."""
     greedy: bool = True
     """Also one greedy answer per question before and after (deterministic, so directly comparable)."""
 
     def __post_init__(self) -> None:
-        if self.answers_per_question < 1 or self.max_new_tokens < 1 or self.n_random_sets < 0:
-            raise ValueError("answers_per_question and max_new_tokens must be >= 1, n_random_sets >= 0")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.answers_per_question < 1 or self.n_random_sets < 0:
+            raise ValueError(
+                f"answers_per_question must be >= 1 and n_random_sets >= 0, "
+                f"got {self.answers_per_question}, {self.n_random_sets}"
+            )
 
 
 def _base(model: Any) -> Any:
@@ -222,14 +226,16 @@ def run_dynamics(
     ids = [q for q, _ in questions for _ in range(settings.answers_per_question)]
 
     def answers_of(m: Any) -> tuple[list[str], list[str]]:
+        sampling = settings.sampling
         sampled = generate(
             m,
             tokenizer,
             prompts,
-            temperature=settings.temperature,
-            max_new_tokens=settings.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_new_tokens=sampling.max_new_tokens,
             batch_size=generate_batch_size,
-            seed=settings.sample_seed,
+            seed=sampling.seed,
         )
         greedy = (
             generate(
@@ -237,7 +243,7 @@ def run_dynamics(
                 tokenizer,
                 [p for _, p in questions],
                 temperature=0.0,
-                max_new_tokens=settings.max_new_tokens,
+                max_new_tokens=sampling.max_new_tokens,
                 batch_size=generate_batch_size,
             )
             if settings.greedy

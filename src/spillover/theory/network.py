@@ -264,7 +264,6 @@ def measure_feature_spillover(
     if steps < 0 or lr < 0:
         raise ValueError(f"steps and lr must be >= 0, got steps={steps}, lr={lr}")
     w_dec = w_dec_FD.detach().float().cpu()
-    n_feat = w_dec.shape[0]
     kw: dict[str, Any] = {
         "layer": layer,
         "encode": encode,
@@ -272,38 +271,15 @@ def measure_feature_spillover(
         "batch_size": batch_size,
         "max_len": max_len,
     }
-
     _, narrow_acts = response_hidden_means(model, tokenizer, narrow, **kw)
     base_h, base_acts = response_hidden_means(model, tokenizer, neutral, **kw)
-    if narrow_acts.shape[1] != n_feat:
-        raise ValueError(f"encode returns {narrow_acts.shape[1]} features but w_dec_FD has {n_feat} rows")
-    narrow_mean, base_mean = narrow_acts.mean(0), base_acts.mean(0)
-
-    score = narrow_mean - base_mean if contrast else narrow_mean
-    if target_features is not None:
-        targets = torch.tensor(list(target_features), dtype=torch.long)
-        if targets.numel() == 0 or int(targets.min()) < 0 or int(targets.max()) >= n_feat:
-            raise ValueError(
-                f"target_features must be non-empty indices in [0, {n_feat}), got {list(target_features)}"
-            )
-        weights = score[targets].clamp_min(0)
-    else:
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        k = min(top_k, n_feat)
-        weights, targets = torch.topk(score, k)
-        weights = weights.clamp_min(0)
-    if float(weights.sum()) <= 0:
-        log = logger.info if target_features is not None else logger.warning
-        log(
-            "no target feature is more active on the narrow data than on the neutral data; weighting them uniformly"
+    if narrow_acts.shape[1] != w_dec.shape[0]:
+        raise ValueError(
+            f"encode returns {narrow_acts.shape[1]} features but w_dec_FD has {w_dec.shape[0]} rows"
         )
-        weights = torch.ones_like(weights)
-
-    unit = w_dec / w_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    target_dir = (weights[:, None] * unit[targets]).sum(0) / weights.sum()
-    predictor = (unit @ unit[targets].T) @ weights / weights.sum()
-
+    base_mean = base_acts.mean(0)
+    score = narrow_acts.mean(0) - base_mean if contrast else narrow_acts.mean(0)
+    targets, weights = _targets(score, top_k, target_features)
     tuned, losses = _finetune_copy(
         model,
         tokenizer,
@@ -318,13 +294,56 @@ def measure_feature_spillover(
     with torch.no_grad():
         new_h, new_acts = response_hidden_means(tuned, tokenizer, neutral, **kw)
     del tuned
-    delta_act = new_acts.mean(0) - base_mean
+    return _compare(w_dec, targets, weights, (base_h, base_mean), (new_h, new_acts.mean(0)), losses)
+
+
+def _targets(score: Tensor, top_k: int, target_features: Sequence[int] | None) -> tuple[Tensor, Tensor]:
+    """The target features and their weights ``w_t`` (contrast scores clamped at 0; uniform if all are 0)."""
+    n_feat = score.shape[0]
+    if target_features is not None:
+        targets = torch.tensor(list(target_features), dtype=torch.long)
+        if targets.numel() == 0 or int(targets.min()) < 0 or int(targets.max()) >= n_feat:
+            raise ValueError(
+                f"target_features must be non-empty indices in [0, {n_feat}), got {list(target_features)}"
+            )
+        weights = score[targets].clamp_min(0)
+    else:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        weights, targets = torch.topk(score, min(top_k, n_feat))
+        weights = weights.clamp_min(0)
+    if float(weights.sum()) <= 0:
+        log = logger.info if target_features is not None else logger.warning
+        log(
+            "no target feature is more active on the narrow data than on the neutral data; weighting them uniformly"
+        )
+        weights = torch.ones_like(weights)
+    return targets, weights
+
+
+def _compare(
+    w_dec: Tensor,
+    targets: Tensor,
+    weights: Tensor,
+    base: tuple[Tensor, Tensor],
+    tuned: tuple[Tensor, Tensor],
+    losses: list[float],
+) -> NetworkSpillover:
+    """Correlate each feature's change on neutral prompts with its weighted decoder cosine to the targets.
+
+    ``base`` and ``tuned`` are (per-sample hidden means ``(N, D)``, mean feature activation ``(F,)``).
+    """
+    (base_h, base_mean), (new_h, new_mean) = base, tuned
+    n_feat = w_dec.shape[0]
+    unit = w_dec / w_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    target_dir = (weights[:, None] * unit[targets]).sum(0) / weights.sum()
+    predictor = (unit @ unit[targets].T) @ weights / weights.sum()
+    delta_act = new_mean - base_mean
     delta_h = new_h.mean(0) - base_h.mean(0)
     delta_proj = unit @ delta_h
-
     not_target = torch.ones(n_feat, dtype=torch.bool)
     not_target[targets] = False
-    used = not_target & ((base_mean != 0) | (new_acts.mean(0) != 0))
+    used = not_target & ((base_mean != 0) | (new_mean != 0))
     pr, sr = _corr(predictor[used], delta_act[used])
     prp, srp = _corr(predictor[not_target], delta_proj[not_target])
     denom = float(delta_h.norm() * target_dir.norm())

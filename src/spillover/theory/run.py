@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -91,6 +91,15 @@ class TheoryConfig:
         if any(r <= 0 for r in self.sweep_ratio) or any(not 0 < p <= 1 for p in self.sweep_p):
             raise ValueError(
                 f"sweep_ratio must be > 0 and sweep_p in (0, 1]; got {self.sweep_ratio}, {self.sweep_p}"
+            )
+        # Checked here, not when the step-scaling and variant runs start after every seed has run.
+        if any(lr <= 0 for lr in self.step_lrs) or any(k < 1 for k in self.step_counts):
+            raise ValueError(
+                f"step_lrs must be > 0 and step_counts >= 1; got {self.step_lrs}, {self.step_counts}"
+            )
+        if self.variant_lr_adam <= 0 or self.random_draws < 1:
+            raise ValueError(
+                f"variant_lr_adam must be > 0 and random_draws >= 1; got {self.variant_lr_adam}, {self.random_draws}"
             )
 
     @classmethod
@@ -179,73 +188,75 @@ _MEAN_KEYS = (
 )
 
 
-def run_theory(cfg: TheoryConfig) -> dict[str, Any]:
-    """Run the toy spillover experiment with its controls and return JSON-ready results.
+class _SeedRun(NamedTuple):
+    """One seed: its toy and targets, its rows with and without superposition, its controls and points."""
 
-    Args:
-        cfg: the experiment configuration.
+    model: ToyModel
+    targets: list[int]
+    row: dict[str, Any]
+    ortho_row: dict[str, Any]
+    controls: list[Any]
+    points: dict[str, list[float]]
+    ortho_points: dict[str, list[float]]
 
-    Returns:
-        A dict with the headline numbers (``pearson_r``, ``spearman_r``, ``slope``,
-        ``control_orthogonal_max_abs_spillover``, ``control_random_direction_r``, ...), per-seed and
-        per-target values, geometry reports, step scaling, variants, the sweep and the points to plot.
-    """
-    t0 = time.perf_counter()
+
+def _points(results: Sequence[ToySpillover]) -> dict[str, list[float]]:
+    """The plotted values of every used (represented, non-target) feature."""
+    out: dict[str, list[float]] = {k: [] for k in ("predictor", "measured", "predicted", "relative")}
+    for r in results:
+        u = r.used
+        out["predictor"] += r.predictor[u].tolist()
+        out["measured"] += r.measured[u].tolist()
+        out["predicted"] += r.predicted[u].tolist()
+        out["relative"] += r.relative[u].tolist()
+    return out
+
+
+def _run_seed(cfg: TheoryConfig, seed: int) -> _SeedRun:
+    """Train the toy of one seed, measure its targets with the random-direction control, and repeat the
+    measurement on the control toy without superposition (n = d, features orthogonal)."""
     ft, p = cfg.finetune, cfg.toy.p_active
-    per_seed: list[dict[str, Any]] = []
-    ortho_seed: list[dict[str, Any]] = []
-    points: dict[str, list[float]] = {
-        k: [] for k in ("predictor", "measured", "predicted", "relative", "seed")
+    toy = train_toy(replace(cfg.toy, seed=seed))
+    targets = _pick_targets(toy.model, cfg.n_targets, ft.threshold, seed)
+    measured = _measure_all(toy.model, targets, ft, p, seed)
+    rows = [_summary(r) for r in measured]
+    gen = torch.Generator().manual_seed(30_000 + seed)
+    controls = [random_direction_control(toy.model, r, cfg.random_draws, gen) for r in measured]
+    points = _points(measured)
+    points["seed"] = [float(seed)] * len(points["measured"])
+    row = {
+        "seed": seed,
+        "final_loss": toy.final_loss,
+        "geometry": to_dict(toy_geometry(toy.model, ft.threshold)),
+        **_mean_keys(rows, _MEAN_KEYS),
+        "targets": rows,
     }
-    ortho_points: dict[str, list[float]] = {k: [] for k in ("predictor", "measured", "predicted", "relative")}
-    controls: list[Any] = []
-    models: dict[int, ToyModel] = {}
-    targets_by_seed: dict[int, list[int]] = {}
-    for seed in track(cfg.seeds, "theory: seeds"):
-        toy = train_toy(replace(cfg.toy, seed=seed))
-        models[seed] = toy.model
-        targets = _pick_targets(toy.model, cfg.n_targets, ft.threshold, seed)
-        targets_by_seed[seed] = targets
-        measured = _measure_all(toy.model, targets, ft, p, seed)
-        rows = [_summary(r) for r in measured]
-        gen = torch.Generator().manual_seed(30_000 + seed)
-        for r in measured:
-            controls.append(random_direction_control(toy.model, r, cfg.random_draws, gen))
-            u = r.used
-            points["predictor"] += r.predictor[u].tolist()
-            points["measured"] += r.measured[u].tolist()
-            points["predicted"] += r.predicted[u].tolist()
-            points["relative"] += r.relative[u].tolist()
-            points["seed"] += [float(seed)] * int(u.sum())
-        per_seed.append(
-            {
-                "seed": seed,
-                "final_loss": toy.final_loss,
-                "geometry": to_dict(toy_geometry(toy.model, ft.threshold)),
-                **_mean_keys(rows, _MEAN_KEYS),
-                "targets": rows,
-            }
-        )
-        # Control (a): the same experiment without superposition (n = d, features orthogonal).
-        ortho = train_toy(replace(cfg.toy, n_features=cfg.toy.d_hidden, seed=seed))
-        o_targets = _pick_targets(ortho.model, cfg.n_targets, ft.threshold, seed)
-        o_results = _measure_all(ortho.model, o_targets, ft, p, seed)
-        o_rows = [_summary(r) for r in o_results]
-        for r in o_results:
-            u = r.used
-            ortho_points["predictor"] += r.predictor[u].tolist()
-            ortho_points["measured"] += r.measured[u].tolist()
-            ortho_points["predicted"] += r.predicted[u].tolist()
-            ortho_points["relative"] += r.relative[u].tolist()
-        ortho_seed.append(
-            {
-                "seed": seed,
-                "geometry": to_dict(toy_geometry(ortho.model, ft.threshold)),
-                **_mean_keys(o_rows, _MEAN_KEYS),
-                "targets": o_rows,
-            }
-        )
+    ortho = train_toy(replace(cfg.toy, n_features=cfg.toy.d_hidden, seed=seed))
+    o_targets = _pick_targets(ortho.model, cfg.n_targets, ft.threshold, seed)
+    o_results = _measure_all(ortho.model, o_targets, ft, p, seed)
+    o_rows = [_summary(r) for r in o_results]
+    ortho_row = {
+        "seed": seed,
+        "geometry": to_dict(toy_geometry(ortho.model, ft.threshold)),
+        **_mean_keys(o_rows, _MEAN_KEYS),
+        "targets": o_rows,
+    }
+    return _SeedRun(toy.model, targets, row, ortho_row, controls, points, _points(o_results))
 
+
+def _headline(runs: Sequence[_SeedRun], cfg: TheoryConfig) -> dict[str, Any]:
+    """The pooled numbers over all seeds and targets, the two controls, and the points to plot."""
+    per_seed = [run.row for run in runs]
+    ortho_seed = [run.ortho_row for run in runs]
+    points = {
+        k: [v for run in runs for v in run.points[k]]
+        for k in ("predictor", "measured", "predicted", "relative", "seed")
+    }
+    ortho_points = {
+        k: [v for run in runs for v in run.ortho_points[k]]
+        for k in ("predictor", "measured", "predicted", "relative")
+    }
+    controls = [c for run in runs for c in run.controls]
     all_rows = [row for s in per_seed for row in s["targets"]]
     all_ortho = [row for s in ortho_seed for row in s["targets"]]
     headline = _mean_keys(all_rows, _MEAN_KEYS)
@@ -253,18 +264,22 @@ def run_theory(cfg: TheoryConfig) -> dict[str, Any]:
     ortho_max = max((row["max_abs_relative"] for row in all_ortho), default=float("nan"))
     ortho_raw = float(np.max(np.abs(ortho_points["measured"]))) if ortho_points["measured"] else float("nan")
     typical_raw = float(np.mean(np.abs(points["measured"]))) if points["measured"] else float("nan")
-
     results: dict[str, Any] = {
         "definition": DEFINITION,
-        "pearson_r": headline["pearson_r"],
-        "spearman_r": headline["spearman_r"],
-        "slope": headline["slope"],
-        "r2": headline["r2"],
-        "pearson_r_cos_only": headline["pearson_r_cos_only"],
-        "slope_relative": headline["slope_relative"],
-        "analytic_slope": headline["analytic_slope"],
-        "analytic_r2": headline["analytic_r2"],
-        "pearson_r_preact": headline["pearson_r_preact"],
+        **{
+            k: headline[k]
+            for k in (
+                "pearson_r",
+                "spearman_r",
+                "slope",
+                "r2",
+                "pearson_r_cos_only",
+                "slope_relative",
+                "analytic_slope",
+                "analytic_r2",
+                "pearson_r_preact",
+            )
+        },
         "typical_abs_spillover": typical,
         "typical_abs_spillover_raw": typical_raw,
         "control_orthogonal_max_abs_spillover": ortho_max,
@@ -285,7 +300,25 @@ def run_theory(cfg: TheoryConfig) -> dict[str, Any]:
         "pearson_r_at_least_0.9": bool(results["pearson_r"] >= 0.9),
         "orthogonal_at_least_10x_smaller": bool(results["control_orthogonal_ratio"] >= 10),
     }
+    return results
 
+
+def run_theory(cfg: TheoryConfig) -> dict[str, Any]:
+    """Run the toy spillover experiment with its controls and return JSON-ready results.
+
+    Args:
+        cfg: the experiment configuration.
+
+    Returns:
+        A dict with the headline numbers (``pearson_r``, ``spearman_r``, ``slope``,
+        ``control_orthogonal_max_abs_spillover``, ``control_random_direction_r``, ...), per-seed and
+        per-target values, geometry reports, step scaling, variants, the sweep and the points to plot.
+    """
+    t0 = time.perf_counter()
+    runs = [_run_seed(cfg, seed) for seed in track(cfg.seeds, "theory: seeds")]
+    results = _headline(runs, cfg)
+    models = {seed: run.model for seed, run in zip(cfg.seeds, runs, strict=True)}
+    targets_by_seed = {seed: run.targets for seed, run in zip(cfg.seeds, runs, strict=True)}
     seed0 = cfg.seeds[0]
     results["step_scaling"] = _step_scaling(models[seed0], targets_by_seed[seed0], cfg, seed0)
     results["variants"] = _variants(models, targets_by_seed, cfg)
