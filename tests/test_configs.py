@@ -38,7 +38,7 @@ def test_the_gemma_chain_is_the_em_recipe() -> None:
 
 
 def test_geometry_config_loads() -> None:
-    from spillover.cli.geometry import GeometryRunConfig
+    from spillover.studies.geometry import GeometryRunConfig
     from spillover.geometry.report import GeometryConfig
 
     cfg = load_config(GeometryRunConfig, yaml.safe_load((CONFIGS / "geometry-gemma2-2b.yaml").read_text()))
@@ -47,7 +47,7 @@ def test_geometry_config_loads() -> None:
 
 
 def test_smollm2_study_config_loads() -> None:
-    from spillover.realmodel.smollm import StudyConfig
+    from spillover.realmodel import StudyConfig
 
     cfg = load_config(StudyConfig, yaml.safe_load((CONFIGS / "smollm2.yaml").read_text()))
     assert cfg.layers
