@@ -192,14 +192,57 @@ def train_sae_on_activations(
 
     Returns:
         The trained SAE, loaded back from disk, and its held-out and training reconstruction quality.
+        The SAE lives where ``load_sae`` would put it: on the model's device, else on ``acts_ND``'s,
+        whatever device it was trained on, so it reads the caller's activations as they are.
     """
-    from sae_lens import SAE, SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
-    from sae_lens.config import SAETrainerConfig
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    train_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    home = next(model.parameters()).device if model is not None else acts_ND.device
     acts_ND = acts_ND.float()
-    n, d_in = acts_ND.shape
     gen = torch.Generator().manual_seed(cfg.seed)
+    held_ND, train_ND = _split_heldout(acts_ND, cfg, gen)
+    steps = cfg.training_tokens // cfg.batch_size
+    log.info(
+        "training a %d-latent TopK(k=%d) SAE on %d activations of width %d (%.1f passes)",
+        cfg.d_sae,
+        cfg.k,
+        train_ND.shape[0],
+        acts_ND.shape[1],
+        cfg.training_tokens / train_ND.shape[0],
+    )
+    # Train on activations scaled to mean squared norm d_in (as SAELens' expected_average_only_in does),
+    # so one learning rate fits any model; the factor is folded into the weights afterwards.
+    scale = math.sqrt(acts_ND.shape[1]) / float(train_ND.norm(dim=-1).mean().clamp(min=1e-8))
+    scaled_ND = train_ND * scale
+    trained = _fit(scaled_ND, cfg, site=site, model_name=model_name, steps=steps, device=train_device)
+    trained.fold_activation_norm_scaling_factor(scale)
+    train_ND = scaled_ND / scale
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(out_dir) if out_dir is not None else Path(tmp)
+        source = str(target) if out_dir is not None else "<memory>"
+        trained.save_inference_model(target)
+        handle = _load_trained(target, model, site, source=source, device=train_device)
+        quality = measure_quality(handle, held_ND)
+        sample = train_ND[torch.randperm(train_ND.shape[0], generator=gen)[: max(held_ND.shape[0], 4096)]]
+        train_quality = measure_quality(handle, sample)
+        if out_dir is not None:
+            _record(target, cfg, quality, train_quality, n_train=train_ND.shape[0], steps=steps)
+        if handle.device != home:
+            handle = _load_trained(target, model, site, source=source, device=home)
+    log.info(
+        "SAE quality (held-out %d tokens): FVU %.4f, L0 %.1f, dead %.1f%%",
+        quality.n_tokens,
+        quality.fvu,
+        quality.l0,
+        100 * quality.dead_fraction,
+    )
+    return TrainedSAE(handle, quality, train_quality, Path(out_dir) if out_dir is not None else None)
+
+
+def _split_heldout(
+    acts_ND: torch.Tensor, cfg: SAETrainConfig, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(held-out, training)`` activations: a random ``cfg.holdout_fraction`` (at least one) held out."""
+    n = acts_ND.shape[0]
     perm = torch.randperm(n, generator=gen)
     n_hold = max(1, int(round(n * cfg.holdout_fraction)))
     held_ND, train_ND = acts_ND[perm[:n_hold]], acts_ND[perm[n_hold:]]
@@ -207,19 +250,19 @@ def train_sae_on_activations(
         raise ValueError(
             f"only {train_ND.shape[0]} training activations for batch_size {cfg.batch_size}; collect more data"
         )
-    passes = cfg.training_tokens / train_ND.shape[0]
-    log.info(
-        "training a %d-latent TopK(k=%d) SAE on %d activations of width %d (%.1f passes)",
-        cfg.d_sae,
-        cfg.k,
-        train_ND.shape[0],
-        d_in,
-        passes,
-    )
-    steps = cfg.training_tokens // cfg.batch_size
+    return held_ND, train_ND
+
+
+def _fit(
+    train_ND: torch.Tensor, cfg: SAETrainConfig, *, site: Site, model_name: str, steps: int, device: str
+) -> Any:
+    """Train a SAELens ``TopKTrainingSAE`` on (scaled) activations with SAELens' ``SAETrainer``."""
+    from sae_lens import SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import SAETrainerConfig
+
     torch.manual_seed(cfg.seed)
     sae_cfg = TopKTrainingSAEConfig(
-        d_in=d_in,
+        d_in=train_ND.shape[1],
         d_sae=cfg.d_sae,
         k=cfg.k,
         aux_loss_coefficient=cfg.aux_loss_coefficient,
@@ -230,10 +273,6 @@ def train_sae_on_activations(
     sae_cfg.metadata.model_name = model_name
     sae_cfg.metadata.spillover_site_io = site.io
     sae = TopKTrainingSAE(sae_cfg)
-    # Train on activations scaled to mean squared norm d_in (as SAELens' expected_average_only_in does),
-    # so one learning rate fits any model; the factor is folded into the weights afterwards.
-    scale = math.sqrt(d_in) / float(train_ND.norm(dim=-1).mean().clamp(min=1e-8))
-    train_ND = train_ND * scale
     with torch.no_grad():
         # Start the decoder bias at the data mean, a standard SAE initialisation.
         sae.b_dec.data.copy_(train_ND.mean(0).to(sae.b_dec.device))
@@ -253,31 +292,19 @@ def train_sae_on_activations(
         trainer = SAETrainer(
             cfg=trainer_cfg, sae=sae, data_provider=_batches(train_ND, cfg.batch_size, cfg.seed)
         )
-        trained = trainer.fit()
-    trained.fold_activation_norm_scaling_factor(scale)
-    train_ND = train_ND / scale
-    with tempfile.TemporaryDirectory() as tmp:
-        target = Path(out_dir) if out_dir is not None else Path(tmp)
-        trained.save_inference_model(target)
-        loaded = SAE.load_from_disk(target, device=device)
-        handle = wrap_sae(
-            loaded, model, source=str(target) if out_dir is not None else "<memory>", layer=site.layer
-        )
-        if model is None:
-            handle = SAEHandle(sae=handle.sae, site=site, source=handle.source, _scale=handle._scale)
-        quality = measure_quality(handle, held_ND)
-        sample = train_ND[torch.randperm(train_ND.shape[0], generator=gen)[: max(n_hold, 4096)]]
-        train_quality = measure_quality(handle, sample)
-        if out_dir is not None:
-            _record(target, cfg, quality, train_quality, n_train=train_ND.shape[0], steps=steps)
-    log.info(
-        "SAE quality (held-out %d tokens): FVU %.4f, L0 %.1f, dead %.1f%%",
-        quality.n_tokens,
-        quality.fvu,
-        quality.l0,
-        100 * quality.dead_fraction,
-    )
-    return TrainedSAE(handle, quality, train_quality, Path(out_dir) if out_dir is not None else None)
+        return trainer.fit()
+
+
+def _load_trained(
+    folder: Path, model: nn.Module | None, site: Site, *, source: str, device: str | torch.device
+) -> SAEHandle:
+    """The saved SAE as a handle on ``device``, bound to ``model`` (or to ``site`` without one)."""
+    from sae_lens import SAE
+
+    handle = wrap_sae(SAE.load_from_disk(folder, device=str(device)), model, source=source, layer=site.layer)
+    if model is None:
+        handle = SAEHandle(sae=handle.sae, site=site, source=handle.source, _scale=handle._scale)
+    return handle
 
 
 def _record(
