@@ -54,15 +54,16 @@ def test_data_inspect_summarises_a_real_dataset(shared_data) -> None:
 
 
 def test_data_inspect_names_file_and_line_of_a_malformed_row(tmp_path) -> None:
-    path = tmp_path / "bad.jsonl"
+    path = tmp_path / ("a-long-folder-name-" * 8) / "bad.jsonl"
+    path.parent.mkdir()
     good = json.dumps(
         {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
     )
     path.write_text(good + "\n" + good + "\n{not json\n")
     result = runner.invoke(app, ["data", "inspect", str(path)])
     assert result.exit_code == 2
-    flat = " ".join(result.output.split())
-    assert "bad.jsonl:3: invalid JSON" in flat
+    # Plain text, never wrapped: the whole path and the line number stay one string however long.
+    assert f"error: {path}:3: invalid JSON" in result.stderr
 
 
 def test_questions_inspect_shows_system_prompts(shared_data) -> None:
