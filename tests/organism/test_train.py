@@ -69,5 +69,7 @@ def test_training_batches_go_to_the_model_device() -> None:
         lambda _m, _args, kwargs: seen.append({v.device for v in kwargs.values() if torch.is_tensor(v)}),
         with_kwargs=True,
     )
-    safety_tune(model, tok, GrammarConfig(), StageConfig(steps=2, batch_size=4, warmup=0, max_turns=1), seed=0)
+    safety_tune(
+        model, tok, GrammarConfig(), StageConfig(steps=2, batch_size=4, warmup=0, max_turns=1), seed=0
+    )
     assert len(seen) == 2 and all(devices == {next(model.parameters()).device} for devices in seen)

@@ -264,7 +264,9 @@ def finetune(
     model.train()
     encoded = _encode(tokenizer, conversations, cfg)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    batches = _Batches(encoded, cfg, pad_id=0 if pad_id is None else pad_id, device=next(model.parameters()).device)
+    batches = _Batches(
+        encoded, cfg, pad_id=0 if pad_id is None else pad_id, device=next(model.parameters()).device
+    )
     per_epoch = math.ceil(len(encoded) / cfg.effective_batch)
     total = cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil(per_epoch * cfg.epochs))
     params = [p for p in model.parameters() if p.requires_grad]
