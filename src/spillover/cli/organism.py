@@ -104,9 +104,8 @@ def train_cmd(
 
     Also prints the trained organism's in-context persona switching (``context_probe``): how often it
     answers an out-of-domain question harmfully after a harmful, benign, insecure-code or educational-code
-    turn. Across 10 organism seeds the rate after insecure code (48-84%) ranked how much EM full
-    fine-tuning on insecure code induced (Spearman 0.78; LoRA's 0.30; benchmarks/organism_em.py), so a low
-    value warns of a weak organism.
+    turn. The rate after insecure code ranks how much EM fine-tuning on insecure code induces, so a low
+    value warns of a weak organism (measured: docs/results.md#organism-em).
     """
     import torch
 

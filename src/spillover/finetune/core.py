@@ -172,8 +172,8 @@ def untie_embeddings(model: Any) -> bool:
 
     A LoRA on a tied ``lm_head`` trains a delta on the output side only, but merging it adds the delta to
     the shared weight, so the merged model also changes its input embeddings and is not the model that was
-    trained (measured on the organism: logits off by 8 on a scale of 14). Untying before the adapter is
-    attached, in training and again when it is loaded, keeps the two the same.
+    trained. Untying before the adapter is attached, in training and again when it is loaded, keeps the
+    two the same.
     """
     out, inp = model.get_output_embeddings(), model.get_input_embeddings()
     if out is None or inp is None or out.weight is not inp.weight:
