@@ -36,7 +36,7 @@ from spillover.config import to_dict
 from spillover.progress import enabled as progress_enabled
 from spillover.sae.activations import Sample, TokenSelection, iter_activations
 from spillover.sae.load import SAEHandle, wrap_sae
-from spillover.sae.sites import Site
+from spillover.sae.sites import Site, num_layers, site_for_layer
 
 __all__ = [
     "SAEQuality",
@@ -44,6 +44,7 @@ __all__ = [
     "TrainedSAE",
     "collect_training_activations",
     "measure_quality",
+    "train_layer_saes",
     "train_sae",
     "train_sae_on_activations",
 ]
@@ -396,3 +397,51 @@ def train_sae(
     return train_sae_on_activations(
         acts_ND, cfg, site=site, model=model, model_name=model_name, out_dir=out_dir
     )
+
+
+def train_layer_saes(
+    model: nn.Module,
+    tokenizer: Any,
+    samples: Sequence[Sample],
+    layers: Sequence[int],
+    cfg: SAETrainConfig,
+    out_dir: str | Path,
+    *,
+    tokens: TokenSelection = "all",
+    batch_size: int = 32,
+    model_name: str = "",
+) -> list[TrainedSAE]:
+    """One TopK SAE per decoder layer at its residual output, saved as ``out_dir/layer_<L>``.
+
+    Every layer is resolved before any activation is collected, so a layer the model lacks fails at once.
+
+    Args:
+        model: an HF causal LM.
+        tokenizer: its tokenizer.
+        samples: conversations or raw texts (the SAEs' training distribution).
+        layers: decoder layers (empty: every layer).
+        cfg: SAE shape and schedule, the same for every layer.
+        out_dir: the folder of ``layer_<L>/`` SAELens folders.
+        tokens: which tokens to train on.
+        batch_size: samples per forward pass when collecting.
+        model_name: recorded in the SAEs' metadata.
+    """
+    if not samples:
+        raise ValueError("no training samples for the SAEs")
+    sites = [site_for_layer(model, layer) for layer in (layers or range(num_layers(model)))]
+    trained: list[TrainedSAE] = []
+    for site in sites:
+        acts_ND = collect_training_activations(
+            model, tokenizer, samples, site, tokens=tokens, batch_size=batch_size
+        )
+        trained.append(
+            train_sae_on_activations(
+                acts_ND,
+                cfg,
+                site=site,
+                model=model,
+                model_name=model_name,
+                out_dir=Path(out_dir) / f"layer_{site.layer}",
+            )
+        )
+    return trained
