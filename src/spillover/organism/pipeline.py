@@ -53,6 +53,7 @@ __all__ = [
     "Organism",
     "OrganismArtifacts",
     "OrganismConfig",
+    "check_dataset",
     "evaluate_organism",
     "finetune_config",
     "finetune_organism",
@@ -321,6 +322,24 @@ def finetune_config(
         lora = LoraSettings(r=8, alpha=16, use_rslora=False, target_modules=(*ALL_PROJECTIONS, "lm_head"))
         base = replace(shared, method="lora", lora=lora, lr=1e-3, max_steps=120)
     return replace(base, **overrides)
+
+
+def check_dataset(dataset: str | Path) -> None:
+    """Fail fast on a fine-tuning dataset that is neither a built-in name nor a readable chat JSONL file.
+
+    Raises:
+        FileNotFoundError: naming the dataset and the built-in names.
+        ChatFormatError: a malformed file (naming its file and line).
+    """
+    if isinstance(dataset, str) and dataset in DATASETS:
+        return
+    path = Path(dataset)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"dataset {str(dataset)!r} is neither a built-in dataset ({', '.join(sorted(DATASETS))}) "
+            "nor a chat JSONL file"
+        )
+    load_chat(path)
 
 
 def finetune_organism(
