@@ -272,7 +272,7 @@ def read_sae(spec: str | Path, *, device: str | torch.device = "cpu", dtype: str
     release, _, sae_id = str(spec).partition(":")
     try:
         sae = SAE.from_pretrained(release, sae_id, device=str(device), dtype=dtype)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:  # unknown release or id; the hub out of reach
         raise SAELoadError(f"cannot load SAE {release}:{sae_id}: {exc}") from exc
     return SAESource(sae, f"{release}:{sae_id}")
 
