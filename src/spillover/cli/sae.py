@@ -11,11 +11,15 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from spillover.cli._common import fail
+
+if TYPE_CHECKING:
+    from spillover.organism import OrganismConfig
+    from spillover.sae.train import SAETrainConfig
 
 app = typer.Typer(help="Train and inspect SAEs (SAELens format).", no_args_is_help=True)
 
@@ -85,7 +89,9 @@ def train(
     _print_quality(out)
 
 
-def _train_organism_saes(organism_cfg: Any, layers: list[int], cfg: Any, out: Path) -> None:
+def _train_organism_saes(
+    organism_cfg: OrganismConfig, layers: list[int], cfg: SAETrainConfig, out: Path
+) -> None:
     from spillover.organism import train_organism
     from spillover.organism.inputs import OrganismSAEConfig, train_organism_saes
 
@@ -98,7 +104,14 @@ def _train_organism_saes(organism_cfg: Any, layers: list[int], cfg: Any, out: Pa
 
 
 def _train_model_saes(
-    model: str, data: list[Path], layers: list[int], cfg: Any, out: Path, *, tokens: str, dtype: str
+    model: str,
+    data: list[Path],
+    layers: list[int],
+    cfg: SAETrainConfig,
+    out: Path,
+    *,
+    tokens: str,
+    dtype: str,
 ) -> None:
     from spillover.data.texts import read_texts
     from spillover.models import ModelSpec, load_model
