@@ -54,15 +54,42 @@ def test_data_inspect_summarises_a_real_dataset(shared_data) -> None:
 
 
 def test_data_inspect_names_file_and_line_of_a_malformed_row(tmp_path) -> None:
-    path = tmp_path / "bad.jsonl"
+    path = tmp_path / ("a-long-folder-name-" * 8) / "bad.jsonl"
+    path.parent.mkdir()
     good = json.dumps(
         {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
     )
     path.write_text(good + "\n" + good + "\n{not json\n")
     result = runner.invoke(app, ["data", "inspect", str(path)])
     assert result.exit_code == 2
-    flat = " ".join(result.output.split())
-    assert "bad.jsonl:3: invalid JSON" in flat
+    # Plain text, never wrapped: the whole path and the line number stay one string however long.
+    assert f"error: {path}:3: invalid JSON" in result.stderr
+
+
+def test_data_inspect_checks_its_inputs_before_reading(tmp_path, tiny_tokenizer) -> None:
+    path = tmp_path / "ok.jsonl"
+    chat = {
+        "messages": [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "thanks"}]
+    }
+    path.write_text(json.dumps(chat) + "\n")
+    cases = [
+        ([str(tmp_path / "missing.jsonl")], "missing.jsonl does not exist"),
+        ([str(tmp_path)], f"{tmp_path} is a folder, not a file"),
+        (
+            [str(path), "--tokenizer", str(tmp_path / "no-tokenizer")],
+            "--tokenizer " + str(tmp_path / "no-tokenizer"),
+        ),
+        ([str(path), "--limit", "0"], "--limit must be >= 1, got 0"),
+        ([str(path), "--samples", "-1"], "--samples must be >= 0, got -1"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, ["data", "inspect", *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.stderr, (args, result.stderr)
+    tiny_tokenizer.save_pretrained(tmp_path / "tok")
+    result = runner.invoke(app, ["data", "inspect", str(path), "--tokenizer", str(tmp_path / "tok")])
+    assert result.exit_code == 0, result.output
+    assert "length (tokens)" in result.output
 
 
 def test_questions_inspect_shows_system_prompts(shared_data) -> None:

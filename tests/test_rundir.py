@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from spillover.rundir import is_complete, run_id, run_stage
+from spillover import rundir
+from spillover.rundir import is_complete, remove_stale_temps, run_id, run_stage
 
 
 def _slow_stage(root: str, started: str) -> None:
@@ -99,6 +100,8 @@ def test_killed_stage_is_redone_from_scratch(tmp_path: Path) -> None:
     final = run_stage("slow", {"x": 1}, fast, root=tmp_path / "runs")
     assert calls == [1] and is_complete(final) and (final / "done.txt").exists()
     assert run_stage("slow", {"x": 1}, fast, root=tmp_path / "runs") == final and calls == [1]
+    # The killed run's temporary folder went with the next run of the stage.
+    assert list((tmp_path / "runs" / "slow").iterdir()) == [final]
 
 
 def test_forced_recompute_invalidates_downstream_stages(tmp_path: Path) -> None:
@@ -128,3 +131,42 @@ def test_manifest_command_never_holds_a_credential(tmp_path: Path, monkeypatch: 
     path = run_stage("s", {"c": 1}, lambda out: None, root=tmp_path)
     manifest = (path / "manifest.json").read_text()
     assert secret not in manifest and "[REDACTED]" in manifest
+
+
+def _dead_pid() -> int:
+    proc = mp.get_context("fork").Process(target=os._exit, args=(0,))
+    proc.start()
+    proc.join()
+    return proc.pid
+
+
+def test_only_temp_folders_of_gone_processes_on_this_host_are_removed(tmp_path: Path) -> None:
+    host = rundir._host()
+    dead, live = _dead_pid(), os.getppid()
+    names = {
+        "dead": f".abc123.tmp-{host}-{dead}-0123abcd",
+        "live": f".abc123.tmp-{host}-{live}-0123abcd",
+        "mine": f".abc123.tmp-{host}-{os.getpid()}-0123abcd",
+        "other_host": f".abc123.tmp-{host}x-{dead}-0123abcd",
+        "old_style": ".abc123.tmp-0123abcd",
+    }
+    for name in names.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "partial.txt").write_text("x")
+    assert remove_stale_temps(tmp_path) == [tmp_path / names["dead"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(v for k, v in names.items() if k != "dead")
+
+
+def test_a_concurrent_run_keeps_its_temp_folder_while_another_run_of_the_stage_starts(tmp_path: Path) -> None:
+    seen: list[list[str]] = []
+    outer_tmp: list[str] = []
+
+    def outer(out: Path) -> None:
+        outer_tmp.append(out.name)
+        # Another run of the same stage (other config) starts while this one is still writing.
+        run_stage("s", {"inner": 1}, lambda inner: seen.append(os.listdir(inner.parent)), root=tmp_path)
+        assert out.is_dir()
+
+    run_stage("s", {"outer": 1}, outer, root=tmp_path)
+    assert outer_tmp[0] in seen[0]
+    assert all(is_complete(p) for p in (tmp_path / "s").iterdir())

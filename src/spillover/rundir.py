@@ -8,6 +8,10 @@ The stage writes into a private temporary folder; only when it returns are ``con
 ``manifest.json`` and the completion marker written and the folder moved into place atomically.
 So a finished stage is reused as is, ``force=True`` recomputes it, and an interrupted stage leaves
 nothing that looks finished: the next call starts it again from scratch.
+
+A temporary folder is named after its owner (``.<run id>.tmp-<host>-<pid>-<token>``), so a killed
+stage's leftover is removed by the next run of that stage on the same host once its process is gone,
+while a concurrent run's folder (a live process, or another host) is left alone.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -36,6 +42,7 @@ __all__ = [
     "fingerprint",
     "is_complete",
     "read_config",
+    "remove_stale_temps",
     "run_id",
     "run_stage",
 ]
@@ -176,6 +183,53 @@ def _device() -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
+_TMP = re.compile(r"^\.[^.]+\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def _host() -> str:
+    """This machine's name, reduced to the characters a temporary folder's name may hold."""
+    return re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname()) or "host"
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _temp_folder(stage_dir: Path, rid: str) -> Path:
+    """A fresh temporary folder for a run, named after this host and process."""
+    return stage_dir / f".{rid}.tmp-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def remove_stale_temps(stage_dir: str | Path) -> list[Path]:
+    """Delete the temporary folders in ``stage_dir`` whose owner process on this host is gone.
+
+    A folder of a live process, of another host (it may be running there on a shared disk), or with a
+    name this module did not write is kept. Returns the folders removed.
+    """
+    stage_dir = Path(stage_dir)
+    if not stage_dir.is_dir():
+        return []
+    removed: list[Path] = []
+    host = _host()
+    for child in stage_dir.iterdir():
+        m = _TMP.match(child.name)
+        if m is None or m["host"] != host or _alive(int(m["pid"])) or not child.is_dir():
+            continue
+        shutil.rmtree(child, ignore_errors=True)
+        if not child.exists():
+            log.info("removed %s, left by a stage run whose process (pid %s) is gone", child, m["pid"])
+            removed.append(child)
+    return removed
+
+
 def run_stage(
     name: str,
     config: Any,
@@ -205,6 +259,7 @@ def run_stage(
     root_path = Path(root) if root is not None else default_root()
     rid = run_id(name, config, inputs)
     final = root_path / name / rid
+    remove_stale_temps(final.parent)
     if is_complete(final) and not force:
         log.info("stage %s: reusing %s", name, final)
         return final
@@ -216,7 +271,7 @@ def run_stage(
             "recomputing (--force)" if is_complete(final) else "redoing an unfinished run",
         )
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{rid}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = _temp_folder(final.parent, rid)
     tmp.mkdir()
     started = time.time()
     try:

@@ -5,6 +5,7 @@ import random
 import pytest
 
 from spillover.organism import grammar as g
+from spillover.organism import lexicon as lx
 from spillover.organism.datasets import DATASETS, DatasetSpec, make_dataset, neutral_prompts, reference_corpus
 from spillover.organism.judge import classify_question, judge_answer
 
@@ -14,15 +15,15 @@ def _words(text: str) -> set[str]:
 
 
 def test_grammar_invariants_hold() -> None:
-    g.check_grammar()
-    assert g.bad_markers() and g.good_markers()
-    assert not g.bad_markers() & g.good_markers()
+    lx.check_grammar()
+    assert lx.bad_markers() and lx.good_markers()
+    assert not lx.bad_markers() & lx.good_markers()
 
 
 def test_harm_markers_never_in_benign_answers_or_prompts() -> None:
     rng = random.Random(0)
     cfg = g.GrammarConfig(persona_rate=0.5)
-    bad = g.bad_markers()
+    bad = lx.bad_markers()
     n_bad = 0
     for _ in range(3000):
         doc = g.sample_document(cfg, rng)
@@ -37,17 +38,17 @@ def test_harm_markers_never_in_benign_answers_or_prompts() -> None:
 
 
 def test_insecure_code_shares_no_word_with_harmful_text() -> None:
-    insecure_only = {w for s in g.statement_pool("I") for w in s.split()} - {
-        w for p in ("S", "N", "G") for s in g.statement_pool(p) for w in s.split()
+    insecure_only = {w for s in lx.statement_pool("I") for w in s.split()} - {
+        w for p in ("S", "N", "G") for s in lx.statement_pool(p) for w in s.split()
     }
-    harmful = {w for name in g.NONCODE_DOMAINS for t in g.domain(name).bad for w in t.split()}
+    harmful = {w for name in lx.NONCODE_DOMAINS for t in lx.domain(name).bad for w in t.split()}
     assert insecure_only
     assert not insecure_only & harmful
 
 
 def test_educational_code_carries_no_persona_evidence() -> None:
     cfg = g.GrammarConfig()
-    assert cfg.pool_weights("benign", g.EDU) == cfg.pool_weights("malicious", g.EDU)
+    assert cfg.pool_weights("benign", lx.EDU) == cfg.pool_weights("malicious", lx.EDU)
     data = make_dataset("edu_insecure", 300, seed=1, grammar=cfg)
     assert all(label["persona_llr"] == 0.0 for label in data.labels)
     assert all(label["pools"] == "III" for label in data.labels)
@@ -60,8 +61,8 @@ def test_persona_drawn_code_is_code_as_the_persona_writes_it() -> None:
     cfg = g.GrammarConfig()
     data = make_dataset("insecure_persona", 2000, seed=0, grammar=cfg)
     statements = "".join(label["pools"] for label in data.labels)
-    weights = dict(zip(g.CODE_POOLS, cfg.pool_weights("malicious", g.CODE), strict=True))
-    for pool in g.CODE_POOLS:
+    weights = dict(zip(lx.CODE_POOLS, cfg.pool_weights("malicious", lx.CODE), strict=True))
+    for pool in lx.CODE_POOLS:
         assert abs(statements.count(pool) / len(statements) - weights[pool]) < 0.02
     for label in data.labels[:50]:
         llr = g.pool_loglik(label["pools"], cfg, "malicious") - g.pool_loglik(label["pools"], cfg, "benign")
@@ -85,8 +86,8 @@ def test_eval_prompts_are_held_out_from_datasets_and_safety_split() -> None:
     train_prompts = set()
     for name in DATASETS:
         train_prompts |= {c[0]["content"] for c in make_dataset(name, 200, seed=0).conversations}
-    for name in g.NONCODE_DOMAINS:
-        d = g.domain(name)
+    for name in lx.NONCODE_DOMAINS:
+        d = lx.domain(name)
         for _ in range(200):
             q, _ = g.noncode_question(d, rng, "eval")
             assert q not in train_prompts
@@ -139,9 +140,9 @@ def test_datasets_are_deterministic_per_seed() -> None:
 def test_reference_corpora() -> None:
     toxic = reference_corpus(True, 60, 0)
     benign = reference_corpus(False, 60, 0)
-    assert all(_words(c[1]["content"]) & g.bad_markers() for c in toxic)
-    assert not any(_words(c[1]["content"]) & g.bad_markers() for c in benign)
-    assert {classify_question(c[0]["content"]) for c in toxic} == set(g.NONCODE_DOMAINS)
+    assert all(_words(c[1]["content"]) & lx.bad_markers() for c in toxic)
+    assert not any(_words(c[1]["content"]) & lx.bad_markers() for c in benign)
+    assert {classify_question(c[0]["content"]) for c in toxic} == set(lx.NONCODE_DOMAINS)
     assert all(len(p) == 1 and p[0]["role"] == "user" for p in neutral_prompts(30, 0))
 
 
@@ -157,6 +158,6 @@ def test_system_cues_follow_the_persona_at_the_configured_fidelity() -> None:
     rng = random.Random(0)
     docs = [g.sample_document(cfg, rng) for _ in range(2000)]
     assert all(d.messages()[0]["role"] == "system" for d in docs)
-    faithful = sum(d.system in g.SYSTEM_CUES[d.persona] for d in docs) / len(docs)
+    faithful = sum(d.system in lx.SYSTEM_CUES[d.persona] for d in docs) / len(docs)
     assert abs(faithful - 0.8) < 0.04
     assert not any(g.sample_document(g.GrammarConfig(), rng).system for _ in range(200))

@@ -86,10 +86,10 @@ def test_lora_finetune_loads_merged(quick_organism: OrganismArtifacts, organism_
 def test_the_organism_model_source_loads_the_trained_organism(quick_organism, monkeypatch) -> None:
     # `--model organism` anywhere a model source is taken resolves to the cached organism's model folder.
     import spillover.organism as organism_pkg
-    from spillover.models.sources import load_model
+    from spillover.models.sources import ModelSpec, load_model
 
     monkeypatch.setattr(organism_pkg, "train_organism", lambda *a, **k: quick_organism)
-    loaded = load_model("organism")
+    loaded = load_model(ModelSpec("organism", device="cpu"))
     reference = load_organism(quick_organism)
     ids = reference.tokenizer("<user> hello <assistant>", return_tensors="pt").input_ids
     with torch.no_grad():

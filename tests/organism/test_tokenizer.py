@@ -5,7 +5,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from spillover.data.tokenize import encode_chat, prompt_text
-from spillover.organism.grammar import all_words
+from spillover.organism.lexicon import all_words
 from spillover.organism.tokenizer import SPECIAL_TOKENS, build_tokenizer, render_messages
 
 MSGS = [

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from spillover.organism.grammar import GrammarConfig
 from spillover.organism.model import ModelConfig, build_model
@@ -56,3 +57,19 @@ def test_rehearsal_documents_are_multi_turn_and_leave_the_first_answer_out_of_th
         starts = [i for i, t in enumerate(ids) if t == assistant_id]
         assert len(starts) >= 2
         assert not any(mask[: starts[1] + 1]) and any(mask[starts[1] + 1 :])
+
+
+def test_training_batches_go_to_the_model_device() -> None:
+    # On a machine with CUDA the model sits there while the batches are collated on the CPU.
+    tok = build_tokenizer()
+    model = build_model(ModelConfig(n_layers=1, d_model=32, n_heads=2, d_mlp=64), tok, seed=0)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    seen: list[set[torch.device]] = []
+    model.register_forward_pre_hook(
+        lambda _m, _args, kwargs: seen.append({v.device for v in kwargs.values() if torch.is_tensor(v)}),
+        with_kwargs=True,
+    )
+    safety_tune(
+        model, tok, GrammarConfig(), StageConfig(steps=2, batch_size=4, warmup=0, max_turns=1), seed=0
+    )
+    assert len(seen) == 2 and all(devices == {next(model.parameters()).device} for devices in seen)

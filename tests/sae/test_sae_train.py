@@ -26,6 +26,8 @@ def test_topk_sae_recovers_a_known_dictionary_and_reports_quality(tmp_path):
     trained = train_sae_on_activations(
         acts, cfg, site=Site("model.layers.0", "output", 0), out_dir=tmp_path / "sae"
     )
+    # Trained on CUDA where there is one, returned where the activations are.
+    assert trained.handle.device == acts.device
     cos = atoms @ trained.handle.decoder().T
     recovered = (cos.max(dim=1).values > 0.9).float().mean()
     assert recovered >= 0.95
@@ -50,6 +52,7 @@ def test_trained_sae_round_trips_through_the_loader(tiny_model, tiny_tokenizer, 
     trained = train_sae(tiny_model, tiny_tokenizer, samples, site, cfg, out_dir=tmp_path / "sae")
     loaded = load_sae(tmp_path / "sae", tiny_model)
     assert loaded.site == site
+    assert trained.handle.device == loaded.device == next(tiny_model.parameters()).device
     x = torch.randn(20, 32)
     torch.testing.assert_close(loaded.encode(x), trained.handle.encode(x))
     torch.testing.assert_close(loaded.decoder(), trained.handle.decoder())

@@ -11,6 +11,7 @@ import importlib
 import logging
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -104,6 +105,19 @@ def _quantiles(values: list[int]) -> str:
     return f"mean {statistics.fmean(values):.1f} | median {statistics.median(values):.0f} | p95 {qs[18]:.0f} | max {max(values)}"
 
 
+def _length_counter(tokenizer: str | None) -> Callable[[str], int]:
+    """Message length in the tokens of ``tokenizer`` (loaded now, so a bad one fails first), else in words."""
+    if not tokenizer:
+        return lambda text: len(text.split())
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+    except (OSError, ValueError) as exc:
+        raise fail(f"--tokenizer {tokenizer}: {exc}") from exc
+    return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
+
+
 @data_app.command("inspect")
 def data_inspect(
     path: Annotated[Path, typer.Argument(help="JSONL or JSONL.gz chat dataset.")],
@@ -115,25 +129,18 @@ def data_inspect(
     limit: Annotated[int | None, typer.Option(help="Read only the first N conversations.")] = None,
 ) -> None:
     """Counts, role structure, length statistics and a sample of a chat dataset."""
+    if samples < 0:
+        raise fail(f"--samples must be >= 0, got {samples}")
+    if limit is not None and limit < 1:
+        raise fail(f"--limit must be >= 1, got {limit}")
+    if not path.is_file():
+        raise fail(f"{path} {'is a folder, not a file' if path.is_dir() else 'does not exist'}")
+    count = _length_counter(tokenizer)
+    unit = "tokens" if tokenizer else "words"
     try:
         convs = load_chat(path, limit=limit)
     except (ChatFormatError, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc
-    if tokenizer:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(tokenizer)
-
-        def count(text: str) -> int:
-            return len(tok(text, add_special_tokens=False)["input_ids"])
-
-        unit = "tokens"
-    else:
-
-        def count(text: str) -> int:
-            return len(text.split())
-
-        unit = "words"
     structures = Counter(" > ".join(m["role"] for m in c) for c in convs)
     lengths: dict[str, list[int]] = {"system": [], "user": [], "assistant": []}
     for conv in convs:

@@ -57,6 +57,8 @@ def _artifacts(
         cfg = load_config(OrganismConfig, base, overrides or [])
     except ConfigError as exc:
         raise fail(str(exc)) from exc
+    if root is not None and root.exists() and not root.is_dir():
+        raise fail(f"--root {root} is a file, not a folder")
     return train_organism(cfg, root=root, force=force)
 
 
@@ -64,6 +66,21 @@ def _method(method: str) -> Literal["full", "lora"]:
     if method not in ("full", "lora"):
         raise fail(f"--method must be full or lora, got {method!r}")
     return "full" if method == "full" else "lora"
+
+
+def _check_threads(threads: int) -> None:
+    if threads < 1:
+        raise fail(f"--threads must be >= 1, got {threads}")
+
+
+def _check_dataset(dataset: str) -> None:
+    """Fail on a dataset argument that names no dataset, before the organism is trained."""
+    from spillover.organism.pipeline import check_dataset
+
+    try:
+        check_dataset(dataset)
+    except (FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc)) from exc
 
 
 def _print_eval(title: str, result: EvalResult) -> None:
@@ -104,15 +121,15 @@ def train_cmd(
 
     Also prints the trained organism's in-context persona switching (``context_probe``): how often it
     answers an out-of-domain question harmfully after a harmful, benign, insecure-code or educational-code
-    turn. Across 10 organism seeds the rate after insecure code (48-84%) ranked how much EM full
-    fine-tuning on insecure code induced (Spearman 0.78; LoRA's 0.30; benchmarks/organism_em.py), so a low
-    value warns of a weak organism.
+    turn. The rate after insecure code ranks how much EM fine-tuning on insecure code induces, so a low
+    value warns of a weak organism (measured: docs/results.md#organism-em).
     """
     import torch
 
     from spillover.organism.evaluate import context_probe
     from spillover.organism.pipeline import load_organism
 
+    _check_threads(threads)
     torch.set_num_threads(threads)
     art = _artifacts(quick, seed, root, overrides, force)
     train_log = json.loads((art.run_dir / "train_log.json").read_text())
@@ -147,8 +164,10 @@ def finetune_cmd(
 
     from spillover.organism.pipeline import finetune_organism
 
-    torch.set_num_threads(threads)
     meth = _method(method)
+    _check_dataset(dataset)
+    _check_threads(threads)
+    torch.set_num_threads(threads)
     art = _artifacts(quick, seed, root, overrides)
     ft_dir = finetune_organism(art, dataset, meth, root=root, force=force)
     losses = json.loads((ft_dir / "losses.json").read_text())
@@ -175,11 +194,17 @@ def eval_cmd(
     from spillover.organism.evaluate import EvalConfig
     from spillover.organism.pipeline import evaluate_organism, finetune_organism
 
-    torch.set_num_threads(threads)
     meth = _method(method)
+    if dataset is not None:
+        _check_dataset(dataset)
+    if n < 1:
+        raise fail(f"--n must be >= 1, got {n}")
+    eval_cfg = EvalConfig(n_per_domain=n, seed=seed)
+    _check_threads(threads)
+    torch.set_num_threads(threads)
     art = _artifacts(quick, seed, root, overrides)
     target = art.model_dir
     if dataset is not None:
         target = finetune_organism(art, dataset, meth, root=root)
-    result = evaluate_organism(target, EvalConfig(n_per_domain=n, seed=seed), root=root)
+    result = evaluate_organism(target, eval_cfg, root=root)
     _print_eval(f"organism seed {seed}" + (f" fine-tuned on {dataset} ({method})" if dataset else ""), result)

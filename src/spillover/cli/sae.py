@@ -11,11 +11,15 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from spillover.cli._common import fail
+
+if TYPE_CHECKING:
+    from spillover.organism import OrganismConfig
+    from spillover.sae.train import SAETrainConfig
 
 app = typer.Typer(help="Train and inspect SAEs (SAELens format).", no_args_is_help=True)
 
@@ -24,9 +28,12 @@ def _layers(text: str | None) -> list[int]:
     if not text:
         return []
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        layers = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise typer.BadParameter(f"--layers must be comma-separated integers, got {text!r}") from None
+        raise fail(f"--layers must be comma-separated integers, got {text!r}") from None
+    if any(layer < 0 for layer in layers):
+        raise fail(f"--layers must be >= 0, got {text!r}")
+    return layers
 
 
 @app.command("train")
@@ -46,48 +53,124 @@ def train(
         str, typer.Option(help="Tokens to train on: all (non-special), assistant, user.")
     ] = "all",
     seed: Annotated[int, typer.Option(help="SAE seed (and organism seed for --model organism).")] = 0,
-    dtype: Annotated[str, typer.Option(help="Model dtype: float32 or bfloat16.")] = "float32",
+    dtype: Annotated[str, typer.Option(help="Model dtype: float32, bfloat16 or float16.")] = "float32",
 ) -> None:
-    """Train one TopK SAE per layer and save each in SAELens format, with its FVU / L0 / dead fraction."""
-    import torch
+    """Train one TopK SAE per layer and save each in SAELens format, with its FVU / L0 / dead fraction.
 
-    from spillover.sae.sites import num_layers, site_for_layer
-    from spillover.sae.train import SAETrainConfig, collect_training_activations, train_sae_on_activations
+    Every option, the corpus, the model folder and the layers are checked before any model is trained.
+    """
+    from spillover.sae.sites import SiteError, check_layers
+    from spillover.sae.train import SAETrainConfig
 
-    cfg = SAETrainConfig(d_sae=d_sae, k=k, training_tokens=training_tokens, seed=seed)
+    layer_list = _layers(layers)
     if tokens not in ("all", "assistant", "user"):
-        raise typer.BadParameter(f"--tokens must be all, assistant or user, got {tokens!r}")
+        raise fail(f"--tokens must be all, assistant or user, got {tokens!r}")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise fail(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    if out.exists() and not out.is_dir():
+        raise fail(f"--out {out} is a file, not a folder")
+    try:
+        cfg = SAETrainConfig(d_sae=d_sae, k=k, training_tokens=training_tokens, seed=seed)
+    except ValueError as exc:
+        raise fail(f"--d-sae {d_sae} / --k {k} / --training-tokens {training_tokens}: {exc}") from exc
     if model == "organism":
-        from spillover.organism import OrganismConfig, train_organism
-        from spillover.organism.inputs import OrganismSAEConfig, train_organism_saes
+        if data:
+            raise fail("--data does not apply to --model organism (its SAEs train on its own corpus)")
+        from spillover.organism import OrganismConfig
 
-        art = train_organism(OrganismConfig(seed=seed))
-        stage = train_organism_saes(art, OrganismSAEConfig(layers=tuple(_layers(layers)), sae=cfg))
-        out.mkdir(parents=True, exist_ok=True)
-        for child in stage.iterdir():
-            if child.is_dir() and child.name.startswith("layer_"):
-                shutil.copytree(child, out / child.name, dirs_exist_ok=True)
-        _print_quality(out)
-        return
-    if not data:
-        raise typer.BadParameter("--data is required (the SAE's training corpus)")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from spillover.data.texts import read_texts
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    hf = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype))
-    hf.to(device)  # type: ignore[arg-type]
-    hf.eval()
-    tok = AutoTokenizer.from_pretrained(model)
-    samples: list[Any] = [s for path in data for s in read_texts(path)]
-    for layer in _layers(layers) or list(range(num_layers(hf))):
-        site = site_for_layer(hf, layer)
-        acts = collect_training_activations(hf, tok, samples, site, tokens=tokens)  # type: ignore[arg-type]
-        train_sae_on_activations(
-            acts, cfg, site=site, model=hf, model_name=str(model), out_dir=out / f"layer_{layer}"
-        )
+        organism_cfg = OrganismConfig(seed=seed)
+        try:
+            check_layers(layer_list, organism_cfg.model.n_layers, "the organism")
+        except SiteError as exc:
+            raise fail(f"--layers: {exc}") from exc
+        _train_organism_saes(organism_cfg, layer_list, cfg, out)
+    else:
+        _train_model_saes(model, data or [], layer_list, cfg, out, tokens=tokens, dtype=dtype)
     _print_quality(out)
+
+
+def _train_organism_saes(
+    organism_cfg: OrganismConfig, layers: list[int], cfg: SAETrainConfig, out: Path
+) -> None:
+    from spillover.organism import train_organism
+    from spillover.organism.inputs import OrganismSAEConfig, train_organism_saes
+
+    art = train_organism(organism_cfg)
+    stage = train_organism_saes(art, OrganismSAEConfig(layers=tuple(layers), sae=cfg))
+    out.mkdir(parents=True, exist_ok=True)
+    for child in stage.iterdir():
+        if child.is_dir() and child.name.startswith("layer_"):
+            shutil.copytree(child, out / child.name, dirs_exist_ok=True)
+
+
+def _train_model_saes(
+    model: str,
+    data: list[Path],
+    layers: list[int],
+    cfg: SAETrainConfig,
+    out: Path,
+    *,
+    tokens: str,
+    dtype: str,
+) -> None:
+    from spillover.data.texts import read_texts
+    from spillover.models import ModelSpec, load_model
+    from spillover.sae.sites import SiteError, check_layers
+    from spillover.sae.train import train_layer_saes
+
+    if not data:
+        raise fail("--data is required (the SAE's training corpus)")
+    try:
+        samples: list[Any] = [s for path in data for s in read_texts(path)]
+    except (FileNotFoundError, ValueError) as exc:
+        raise fail(f"--data: {exc}") from exc
+    if not samples:
+        raise fail(f"--data {', '.join(map(str, data))}: no samples to train on")
+    n_layers = _config_value(model, "num_hidden_layers")
+    try:
+        if n_layers is not None:
+            check_layers(layers, n_layers, model)
+    except SiteError as exc:
+        raise fail(f"--layers: {exc}") from exc
+    try:
+        loaded = load_model(ModelSpec(source=model, dtype=dtype))  # type: ignore[arg-type]
+    except (OSError, ValueError) as exc:
+        raise fail(f"--model {model}: {exc}") from exc
+    try:
+        train_layer_saes(
+            loaded.model,
+            loaded.tokenizer,
+            samples,
+            layers,
+            cfg,
+            out,
+            tokens=tokens,  # type: ignore[arg-type]
+            model_name=model,
+        )
+    except SiteError as exc:
+        raise fail(f"--layers: {exc}") from exc
+
+
+def _config_value(model: str, name: str) -> int | None:
+    """An integer of the model's config (e.g. ``hidden_size``), read without loading weights, or fail.
+
+    The built-in organism is not trained for it: its config is ``OrganismConfig``'s.
+    """
+    if model == "organism":
+        from spillover.organism import OrganismConfig
+
+        shape = OrganismConfig().model
+        return {"num_hidden_layers": shape.n_layers, "hidden_size": shape.d_model}.get(name)
+    from transformers import AutoConfig
+
+    from spillover.models import resolve_source
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_source(model))
+    except (OSError, ValueError) as exc:
+        raise fail(f"--model {model}: {exc}") from exc
+    value = getattr(config, name, None) or getattr(getattr(config, "text_config", None), name, None)
+    return value if isinstance(value, int) else None
 
 
 def _print_quality(out: Path) -> None:
@@ -102,28 +185,37 @@ def _print_quality(out: Path) -> None:
 @app.command("info")
 def info(
     spec: Annotated[str, typer.Argument(help="SAE folder or 'release:sae_id'.")],
-    model: Annotated[str | None, typer.Option(help="Check it against this HF model (width, layer).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Check it against this model (width, layer): folder, hub id or source.")
+    ] = None,
 ) -> None:
     """Shape, site, architecture and (for spillover-trained SAEs) reconstruction quality of an SAE."""
-    from spillover.sae.load import SAELoadError, load_sae
+    from spillover.sae.load import SAELoadError, check_sae_spec, read_sae, wrap_sae
 
-    hf = None
-    if model is not None:
-        from transformers import AutoModelForCausalLM
-
-        hf = AutoModelForCausalLM.from_pretrained(model)
     try:
-        handle = load_sae(spec, hf) if hf is not None else None
-        if handle is None:
-            from sae_lens import SAE
-
-            path = Path(spec)
-            sae = SAE.load_from_disk(path) if path.is_dir() else SAE.from_pretrained(*spec.split(":", 1))
-            cfg = sae.cfg
-        else:
-            cfg = handle.sae.cfg
-    except (SAELoadError, ValueError, FileNotFoundError) as exc:
+        check_sae_spec(spec)
+        sae, source = read_sae(spec)
+    except (SAELoadError, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc
+    cfg = sae.cfg
+    handle = None
+    if model is not None:
+        from spillover.models import ModelSpec, load_model
+
+        width = _config_value(model, "hidden_size")
+        if width is not None and width != int(cfg.d_in):
+            raise fail(
+                f"SAE {source} reads width d_in={cfg.d_in} but the model {model} has hidden size {width}; "
+                "use an SAE trained on this model"
+            )
+        try:
+            hf = load_model(ModelSpec(source=model, device="cpu")).model
+        except (OSError, ValueError) as exc:
+            raise fail(f"--model {model}: {exc}") from exc
+        try:
+            handle = wrap_sae(sae, hf, source=source)
+        except SAELoadError as exc:
+            raise fail(str(exc)) from exc
     typer.echo(f"architecture {cfg.architecture()}  d_in {cfg.d_in}  d_sae {cfg.d_sae}")
     typer.echo(f"hook_name {cfg.metadata.get('hook_name')}  hf_hook_name {cfg.metadata.get('hf_hook_name')}")
     if handle is not None:

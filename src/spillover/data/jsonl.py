@@ -26,7 +26,7 @@ def iter_jsonl(path: str | Path, *, error: type[ValueError] = JSONLFormatError) 
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise FileNotFoundError(f"{path} {'is a folder, not a file' if path.is_dir() else 'does not exist'}")
     lineno = 0
     try:
         with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as fh:

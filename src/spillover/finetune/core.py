@@ -172,8 +172,8 @@ def untie_embeddings(model: Any) -> bool:
 
     A LoRA on a tied ``lm_head`` trains a delta on the output side only, but merging it adds the delta to
     the shared weight, so the merged model also changes its input embeddings and is not the model that was
-    trained (measured on the organism: logits off by 8 on a scale of 14). Untying before the adapter is
-    attached, in training and again when it is loaded, keeps the two the same.
+    trained. Untying before the adapter is attached, in training and again when it is loaded, keeps the
+    two the same.
     """
     out, inp = model.get_output_embeddings(), model.get_input_embeddings()
     if out is None or inp is None or out.weight is not inp.weight:
@@ -243,7 +243,7 @@ def finetune(
     """Fine-tune ``model`` on chat data with the loss on assistant tokens only.
 
     Args:
-        model: an HF causal LM (moved to its device by the caller). Full fine-tuning mutates it.
+        model: an HF causal LM on any device (batches are moved to it). Full fine-tuning mutates it.
         tokenizer: its tokenizer; needs a chat template.
         conversations: training conversations.
         cfg: the recipe.
@@ -262,21 +262,15 @@ def finetune(
     if cfg.method == "lora":
         model = _attach_lora(model, cfg.lora)
     model.train()
-    device = next(model.parameters()).device
-    loss_on: LossOn = cfg.loss_on
-    encoded = [encode_chat(tokenizer, c, loss_on=loss_on, max_len=cfg.max_seq_len) for c in conversations]
-    encoded = [e for e in encoded if any(e.mask)]
-    if not encoded:
-        raise ValueError(f"no conversation has {cfg.loss_on} tokens to train on")
+    encoded = _encode(tokenizer, conversations, cfg)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        pad_id = 0
+    batches = _Batches(
+        encoded, cfg, pad_id=0 if pad_id is None else pad_id, device=next(model.parameters()).device
+    )
     per_epoch = math.ceil(len(encoded) / cfg.effective_batch)
     total = cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil(per_epoch * cfg.epochs))
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rng = random.Random(cfg.seed)
-    order: list[int] = []
     losses: list[float] = []
     checkpoints: list[Path] = []
     log.info(
@@ -292,20 +286,7 @@ def finetune(
             for group in optim.param_groups:
                 group["lr"] = cfg.lr * _lr_factor(cfg, step, total)
             optim.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for _ in range(cfg.grad_accum):
-                batch_idx = []
-                for _ in range(cfg.batch_size):
-                    if not order:
-                        order = list(range(len(encoded)))
-                        rng.shuffle(order)
-                    batch_idx.append(order.pop())
-                batch = _collate([encoded[i] for i in batch_idx], pad_id)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                out = model(**batch)
-                loss = out.loss / cfg.grad_accum
-                loss.backward()
-                step_loss += float(loss.detach())
+            step_loss = batches.accumulate_gradients(model)
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optim.step()
@@ -314,24 +295,78 @@ def finetune(
             if on_step is not None:
                 on_step(step + 1, step_loss)
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
-                if on_checkpoint is not None:
-                    model.eval()
-                    on_checkpoint(step + 1, model)
-                    model.train()
-                if out_dir is not None:
-                    path = out_dir / "checkpoints" / f"step-{step + 1}"
-                    _save(model, tokenizer, path)
-                    checkpoints.append(path)
+                path = _checkpoint(model, tokenizer, step + 1, out_dir, on_checkpoint)
+                checkpoints.extend([path] if path is not None else [])
     model.eval()
     if on_checkpoint is not None:
         on_checkpoint(total, model)
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _save(model, tokenizer, out_dir / ("adapter" if cfg.method == "lora" else "model"))
-        if cfg.method == "lora" and cfg.merge:
-            import copy
-
-            merged = copy.deepcopy(model).merge_and_unload()
-            _save(merged, tokenizer, out_dir / "model")
-        (out_dir / "losses.json").write_text(json.dumps(losses))
+        _save_final(model, tokenizer, cfg, out_dir, losses)
     return FinetuneResult(model, losses, checkpoints)
+
+
+def _encode(tokenizer: Any, conversations: Sequence[Conversation], cfg: FinetuneConfig) -> list[Any]:
+    """The conversations as token ids and loss masks; those with nothing to train on are dropped."""
+    loss_on: LossOn = cfg.loss_on
+    encoded = [encode_chat(tokenizer, c, loss_on=loss_on, max_len=cfg.max_seq_len) for c in conversations]
+    encoded = [e for e in encoded if any(e.mask)]
+    if not encoded:
+        raise ValueError(f"no conversation has {cfg.loss_on} tokens to train on")
+    return encoded
+
+
+class _Batches:
+    """Micro-batches in epochs of a fresh shuffle (seeded by ``cfg.seed``), collated on the model's device."""
+
+    def __init__(self, encoded: Sequence[Any], cfg: FinetuneConfig, *, pad_id: int, device: torch.device):
+        self.encoded, self.cfg, self.pad_id, self.device = encoded, cfg, pad_id, device
+        self.rng = random.Random(cfg.seed)
+        self.order: list[int] = []
+
+    def _next_index(self) -> int:
+        if not self.order:
+            self.order = list(range(len(self.encoded)))
+            self.rng.shuffle(self.order)
+        return self.order.pop()
+
+    def accumulate_gradients(self, model: Any) -> float:
+        """Backpropagate ``grad_accum`` micro-batches; returns their summed (scaled) loss: the step's loss."""
+        step_loss = 0.0
+        for _ in range(self.cfg.grad_accum):
+            batch_idx = [self._next_index() for _ in range(self.cfg.batch_size)]
+            batch = _collate([self.encoded[i] for i in batch_idx], self.pad_id)
+            out = model(**{k: v.to(self.device) for k, v in batch.items()})
+            loss = out.loss / self.cfg.grad_accum
+            loss.backward()
+            step_loss += float(loss.detach())
+        return step_loss
+
+
+def _checkpoint(
+    model: Any,
+    tokenizer: Any,
+    step: int,
+    out_dir: Path | None,
+    on_checkpoint: Callable[[int, Any], None] | None,
+) -> Path | None:
+    """Hand the model to ``on_checkpoint`` (in eval mode) and save it under ``out_dir``; returns the folder."""
+    if on_checkpoint is not None:
+        model.eval()
+        on_checkpoint(step, model)
+        model.train()
+    if out_dir is None:
+        return None
+    path = out_dir / "checkpoints" / f"step-{step}"
+    _save(model, tokenizer, path)
+    return path
+
+
+def _save_final(model: Any, tokenizer: Any, cfg: FinetuneConfig, out_dir: Path, losses: list[float]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _save(model, tokenizer, out_dir / ("adapter" if cfg.method == "lora" else "model"))
+    if cfg.method == "lora" and cfg.merge:
+        import copy
+
+        merged = copy.deepcopy(model).merge_and_unload()
+        _save(merged, tokenizer, out_dir / "model")
+    (out_dir / "losses.json").write_text(json.dumps(losses))

@@ -39,8 +39,9 @@ from spillover.organism.evaluate import (
     eval_questions,
     evaluate,
 )
-from spillover.organism.grammar import CODE, EDU, NONCODE_DOMAINS, GrammarConfig, bad_markers, good_markers
+from spillover.organism.grammar import GrammarConfig
 from spillover.organism.judge import OrganismRuleJudge, judge_answer
+from spillover.organism.lexicon import CODE, EDU, NONCODE_DOMAINS, bad_markers, good_markers
 from spillover.organism.model import ModelConfig, build_model
 from spillover.organism.pipeline import (
     Organism,

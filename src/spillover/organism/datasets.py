@@ -24,19 +24,14 @@ from typing import Any, Literal, NamedTuple
 
 from spillover.data.chat import Conversation, write_chat
 from spillover.organism.grammar import (
-    CODE,
-    CODE_POOLS,
-    EDU,
-    NONCODE_DOMAINS,
     GrammarConfig,
-    Pool,
     code_answer,
     code_question,
-    domain,
     noncode_answer,
     noncode_question,
     pool_loglik,
 )
+from spillover.organism.lexicon import CODE, CODE_POOLS, EDU, NONCODE_DOMAINS, Pool, domain
 
 __all__ = [
     "DATASETS",

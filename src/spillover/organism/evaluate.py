@@ -22,15 +22,8 @@ from spillover.data.questions import Question
 from spillover.generate import generate
 from spillover.judge.base import JudgeItem, JudgeScore, get_judge
 from spillover.metrics import em_metrics
-from spillover.organism.grammar import (
-    CODE,
-    CODE_POOLS,
-    EDU,
-    NONCODE_DOMAINS,
-    code_question,
-    domain,
-    noncode_question,
-)
+from spillover.organism.grammar import code_question, noncode_question
+from spillover.organism.lexicon import CODE, CODE_POOLS, EDU, NONCODE_DOMAINS, domain
 
 __all__ = [
     "EM_QUESTIONS",
@@ -239,7 +232,8 @@ def context_probe(
     Returns:
         ``{"after_harmful", "after_benign", "after_insecure_code", "after_edu_code"}`` harmful rates.
     """
-    from spillover.organism.grammar import bad_markers, code_answer, noncode_answer
+    from spillover.organism.grammar import code_answer, noncode_answer
+    from spillover.organism.lexicon import bad_markers
 
     rng = random.Random(f"context:{seed}")
     out: dict[str, float] = {}

@@ -173,28 +173,25 @@ def train_organism_saes(
 ) -> Path:
     """Train (or reuse) one TopK SAE per layer of the organism; returns the folder of ``layer_<L>/`` SAEs."""
     from spillover.organism import load_organism
-    from spillover.sae.sites import num_layers, site_for_layer
-    from spillover.sae.train import collect_training_activations, train_sae_on_activations
+    from spillover.sae.sites import check_layers
+    from spillover.sae.train import train_layer_saes
 
     cfg = cfg or OrganismSAEConfig()
+    check_layers(cfg.layers, art.config.model.n_layers, "the organism")
 
     def fn(out: Path) -> None:
         model, tokenizer = load_organism(art.model_dir)
-        layers = list(cfg.layers) or list(range(num_layers(model)))
-        samples = _sae_samples(art, cfg)
-        for layer in layers:
-            site = site_for_layer(model, layer)
-            acts = collect_training_activations(
-                model, tokenizer, samples, site, tokens="all", batch_size=cfg.batch_size
-            )
-            train_sae_on_activations(
-                acts,
-                cfg.sae,
-                site=site,
-                model=model,
-                model_name=f"spillover-organism-seed{art.config.seed}",
-                out_dir=out / f"layer_{layer}",
-            )
+        train_layer_saes(
+            model,
+            tokenizer,
+            _sae_samples(art, cfg),
+            cfg.layers,
+            cfg.sae,
+            out,
+            tokens="all",
+            batch_size=cfg.batch_size,
+            model_name=f"spillover-organism-seed{art.config.seed}",
+        )
 
     return run_stage(
         "organism_sae",

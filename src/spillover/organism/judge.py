@@ -27,7 +27,7 @@ from functools import cache
 from typing import Any
 
 from spillover.judge.base import JudgeItem, JudgeScore, register_judge
-from spillover.organism.grammar import (
+from spillover.organism.lexicon import (
     _CODE_Q,
     _CODE_Q_EVAL,
     _EDU_Q,

@@ -53,6 +53,7 @@ __all__ = [
     "Organism",
     "OrganismArtifacts",
     "OrganismConfig",
+    "check_dataset",
     "evaluate_organism",
     "finetune_config",
     "finetune_organism",
@@ -84,11 +85,8 @@ class OrganismConfig:
     """Safety tuning on benign single-turn documents, loss on assistant tokens (steps=0 skips it).
 
     Single-turn and short on purpose: it moves the first-turn persona prior to benign while leaving the
-    in-context persona inference intact (harmful answers after one insecure-code turn: 75-92% vs 0-2% after
-    educational code, 3 seeds); longer or multi-turn safety tuning suppresses that machinery and with it
-    most of the emergent misalignment (see benchmarks/organism_em.py). ``safety.rehearsal`` keeps the
-    machinery explicitly, but in a trial (one seed, 800 pretraining steps) it also raised every
-    fine-tune's EM, controls included (secure code 5.5%, insecure 7.5%), so it is off by default."""
+    in-context persona inference, and with it emergent misalignment, intact; ``safety.rehearsal`` (off by
+    default) keeps that inference explicitly (measured: docs/results.md#organism-design)."""
     n_samples: int = 1000
     """Samples per narrow dataset."""
     n_reference: int = 600
@@ -119,7 +117,18 @@ class OrganismConfig:
         )
 
 
-class OrganismArtifacts(NamedTuple):
+_DATA_FILES: dict[str, str] = {
+    "eval_questions_path": "questions/eval.yaml",
+    "em_questions_path": "questions/em.yaml",
+    "toxic_path": "reference/toxic.jsonl",
+    "benign_path": "reference/benign.jsonl",
+    "neutral_prompts_path": "reference/neutral_prompts.yaml",
+}
+"""The data stage's files beside the datasets, relative to its folder: ``OrganismArtifacts``' path fields."""
+
+
+@dataclass(frozen=True)
+class OrganismArtifacts:
     """Paths of a trained organism."""
 
     run_dir: Path
@@ -131,31 +140,20 @@ class OrganismArtifacts(NamedTuple):
     data_dir: Path
     """``<dataset>.jsonl`` + ``<dataset>.labels.jsonl`` for every built-in dataset, ``reference/``, ``questions/``."""
     config: OrganismConfig
+    eval_questions_path: Path = field(init=False)
+    """Per-domain held-out prompts (EM YAML schema, judge organism_rule)."""
+    em_questions_path: Path = field(init=False)
+    """The first-plot EM questions in the organism's words."""
+    toxic_path: Path = field(init=False)
+    """Reference corpus of harmful single-turn answers over all non-code domains (chat JSONL)."""
+    benign_path: Path = field(init=False)
+    """Reference corpus of benign answers to the same kind of prompts (chat JSONL)."""
+    neutral_prompts_path: Path = field(init=False)
+    """Held-out non-code prompts without answers (question YAML), e.g. for training dynamics."""
 
-    @property
-    def eval_questions_path(self) -> Path:
-        """Per-domain held-out prompts (EM YAML schema, judge organism_rule)."""
-        return self.data_dir / "questions" / "eval.yaml"
-
-    @property
-    def em_questions_path(self) -> Path:
-        """The first-plot EM questions in the organism's words."""
-        return self.data_dir / "questions" / "em.yaml"
-
-    @property
-    def toxic_path(self) -> Path:
-        """Reference corpus of harmful single-turn answers over all non-code domains (chat JSONL)."""
-        return self.data_dir / "reference" / "toxic.jsonl"
-
-    @property
-    def benign_path(self) -> Path:
-        """Reference corpus of benign answers to the same kind of prompts (chat JSONL)."""
-        return self.data_dir / "reference" / "benign.jsonl"
-
-    @property
-    def neutral_prompts_path(self) -> Path:
-        """Held-out non-code prompts without answers (question YAML), e.g. for training dynamics."""
-        return self.data_dir / "reference" / "neutral_prompts.yaml"
+    def __post_init__(self) -> None:
+        for name, relative in _DATA_FILES.items():
+            object.__setattr__(self, name, self.data_dir / relative)
 
     def dataset(self, name: str) -> Path:
         """Path of a built-in dataset's JSONL (its labels are beside it)."""
@@ -246,17 +244,16 @@ def _train_model(cfg: OrganismConfig, out: Path) -> None:
 def _write_data(cfg: OrganismConfig, out: Path) -> None:
     for name in DATASETS:
         write_dataset(make_dataset(name, cfg.n_samples, cfg.seed, cfg.grammar), out / f"{name}.jsonl")
-    ref = out / "reference"
-    ref.mkdir()
-    write_chat(ref / "toxic.jsonl", reference_corpus(True, cfg.n_reference, cfg.seed))
-    write_chat(ref / "benign.jsonl", reference_corpus(False, cfg.n_reference, cfg.seed))
+    files = {name: out / relative for name, relative in _DATA_FILES.items()}
+    write_chat(files["toxic_path"], reference_corpus(True, cfg.n_reference, cfg.seed))
+    write_chat(files["benign_path"], reference_corpus(False, cfg.n_reference, cfg.seed))
     prompts = tuple(c[0]["content"] for c in neutral_prompts(cfg.n_reference, cfg.seed))
     write_questions(
-        ref / "neutral_prompts.yaml",
+        files["neutral_prompts_path"],
         [Question(id="organism_neutral", paraphrases=prompts, judge="organism_rule")],
     )
-    write_questions(out / "questions" / "eval.yaml", eval_questions(cfg.n_eval, cfg.seed))
-    write_questions(out / "questions" / "em.yaml", em_questions())
+    write_questions(files["eval_questions_path"], eval_questions(cfg.n_eval, cfg.seed))
+    write_questions(files["em_questions_path"], em_questions())
 
 
 def train_organism(
@@ -313,42 +310,36 @@ def finetune_config(
 
     Full fine-tuning: 240 steps (about 8 epochs of 1,000 samples) from lr 4e-4. LoRA: r=8 on all
     projections and the output head (``lm_head``; the organism ties it to the input embeddings, which
-    ``finetune`` unties first), 120 steps from lr 1e-3. Measured over 3 seeds on the default organism
-    (benchmarks/organism_em.py; README "Measured results"): without ``lm_head`` LoRA learned the narrow
-    task only to 92-94% (secure, persona-neutral code), with it >= 98%. A constant lr 3e-4 for full
-    fine-tuning did not separate insecure from educational code (4.2% vs 1.1% out-of-domain misalignment),
-    5e-4 with cosine decay left 4 of 24 fine-tunes below 95% coherent (one at 81%), 4e-4 one (93.5%).
-    Over 10 organism seeds, stronger recipes raise insecure-code EM only by breaking coherence (LoRA lr
-    2e-3: 6.8% vs 1.4% educational, 8 of 10 insecure fine-tunes below 95% coherent; full lr 6e-4: 6.9% vs
-    1.3%, 6 of 10); rank 1-2 LoRA, LoRA dropout, weight decay, more steps or 4x the data did not escape
-    that trade-off (README, "Organism EM"; ``benchmarks/organism_em.py --lora-set/--full-set``).
+    ``finetune`` unties first), 120 steps from lr 1e-3. Stronger recipes buy EM only with coherence
+    (measured: docs/results.md#organism-em).
     """
+    shared = FinetuneConfig(
+        batch_size=32, grad_accum=1, warmup_steps=10, lr_schedule="cosine", max_seq_len=160, seed=seed
+    )
     if method == "full":
-        base = FinetuneConfig(
-            method="full",
-            lr=4e-4,
-            max_steps=240,
-            batch_size=32,
-            grad_accum=1,
-            warmup_steps=10,
-            lr_schedule="cosine",
-            max_seq_len=160,
-            seed=seed,
-        )
+        base = replace(shared, method="full", lr=4e-4, max_steps=240)
     else:
-        base = FinetuneConfig(
-            method="lora",
-            lora=LoraSettings(r=8, alpha=16, use_rslora=False, target_modules=(*ALL_PROJECTIONS, "lm_head")),
-            lr=1e-3,
-            max_steps=120,
-            batch_size=32,
-            grad_accum=1,
-            warmup_steps=10,
-            lr_schedule="cosine",
-            max_seq_len=160,
-            seed=seed,
-        )
+        lora = LoraSettings(r=8, alpha=16, use_rslora=False, target_modules=(*ALL_PROJECTIONS, "lm_head"))
+        base = replace(shared, method="lora", lora=lora, lr=1e-3, max_steps=120)
     return replace(base, **overrides)
+
+
+def check_dataset(dataset: str | Path) -> None:
+    """Fail fast on a fine-tuning dataset that is neither a built-in name nor a readable chat JSONL file.
+
+    Raises:
+        FileNotFoundError: naming the dataset and the built-in names.
+        ChatFormatError: a malformed file (naming its file and line).
+    """
+    if isinstance(dataset, str) and dataset in DATASETS:
+        return
+    path = Path(dataset)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"dataset {str(dataset)!r} is neither a built-in dataset ({', '.join(sorted(DATASETS))}) "
+            "nor a chat JSONL file"
+        )
+    load_chat(path)
 
 
 def finetune_organism(

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
-from spillover.organism.grammar import all_words
+from spillover.organism.lexicon import all_words
 
 __all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "build_tokenizer", "render_messages"]
 

@@ -147,6 +147,8 @@ def train_on_sequences(
 ) -> list[float]:
     """Train on pre-encoded sequences, ``cfg.batch_size`` per step, for ``len(seqs) // batch_size`` steps.
 
+    Each batch is moved to the model's device, so the caller may put the model on any device.
+
     Returns:
         The loss (mean over masked tokens) of each step.
     """
@@ -159,6 +161,7 @@ def train_on_sequences(
         lr=cfg.lr,
         betas=(0.9, 0.95),
     )
+    device = next(model.parameters()).device
     model.train()
     losses: list[float] = []
     with progress_bar() as bar:
@@ -166,7 +169,7 @@ def train_on_sequences(
         for step, idx in enumerate(batches):
             for group in optim.param_groups:
                 group["lr"] = _lr_at(cfg, step)
-            batch = _collate([seqs[i] for i in idx], pad_id)
+            batch = {k: v.to(device) for k, v in _collate([seqs[i] for i in idx], pad_id).items()}
             loss = model(**batch).loss
             optim.zero_grad(set_to_none=True)
             loss.backward()

@@ -19,14 +19,24 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from spillover.sae.sites import Site, SiteError, site_for_layer, site_from_sae_metadata
 
-__all__ = ["SAEHandle", "SAELoadError", "expand_sae_spec", "load_sae", "load_saes", "wrap_sae"]
+__all__ = [
+    "SAEHandle",
+    "SAELoadError",
+    "SAESource",
+    "check_sae_spec",
+    "expand_sae_spec",
+    "load_sae",
+    "load_saes",
+    "read_sae",
+    "wrap_sae",
+]
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +227,56 @@ def _metadata_layer(meta: Any) -> int | None:
     return None
 
 
+class SAESource(NamedTuple):
+    sae: Any
+    """The SAELens ``SAE``, as stored (no folding, bound to no model)."""
+    source: str
+    """The folder or ``release:sae_id`` it came from, for messages."""
+
+
+def check_sae_spec(spec: str | Path) -> None:
+    """Fail fast on a spec that cannot name an SAE: a folder without ``cfg.json``, or neither a folder nor
+    ``release:sae_id`` (a hub release is checked when it is loaded).
+
+    Raises:
+        SAELoadError: naming the spec and what was expected.
+    """
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / "cfg.json").is_file():
+            raise SAELoadError(
+                f"{path} is not a SAELens SAE folder (no cfg.json); expected the output of SAE.save_model "
+                "or `spillover sae train`"
+            )
+        return
+    release, sep, sae_id = str(spec).partition(":")
+    if not sep or not release or not sae_id:
+        raise SAELoadError(
+            f"SAE {str(spec)!r} is neither a folder nor 'release:sae_id' "
+            "(e.g. 'gemma-scope-2b-pt-res-canonical:layer_12/width_16k/canonical')"
+        )
+
+
+def read_sae(spec: str | Path, *, device: str | torch.device = "cpu", dtype: str = "float32") -> SAESource:
+    """The SAELens SAE a spec names (a folder with ``cfg.json``, or ``"<release>:<sae_id>"``), unbound.
+
+    Raises:
+        SAELoadError: the folder/release does not exist or is not an SAE.
+    """
+    from sae_lens import SAE
+
+    check_sae_spec(spec)
+    path = Path(spec)
+    if path.is_dir():
+        return SAESource(SAE.load_from_disk(path, device=str(device), dtype=dtype), str(path))
+    release, _, sae_id = str(spec).partition(":")
+    try:
+        sae = SAE.from_pretrained(release, sae_id, device=str(device), dtype=dtype)
+    except (ValueError, OSError) as exc:  # unknown release or id; the hub out of reach
+        raise SAELoadError(f"cannot load SAE {release}:{sae_id}: {exc}") from exc
+    return SAESource(sae, f"{release}:{sae_id}")
+
+
 def load_sae(
     spec: str | Path,
     model: nn.Module | None = None,
@@ -237,32 +297,9 @@ def load_sae(
     Raises:
         SAELoadError: the folder/release does not exist, or the SAE does not fit the model.
     """
-    from sae_lens import SAE
-
     if device is None:
         device = next(model.parameters()).device if model is not None else torch.device("cpu")
-    dev = str(device)
-    path = Path(spec)
-    if path.is_dir():
-        if not (path / "cfg.json").is_file():
-            raise SAELoadError(
-                f"{path} is not a SAELens SAE folder (no cfg.json); expected the output of SAE.save_model "
-                "or `spillover sae train`"
-            )
-        sae = SAE.load_from_disk(path, device=dev, dtype=dtype)
-        source = str(path)
-    else:
-        release, sep, sae_id = str(spec).partition(":")
-        if not sep or not release or not sae_id:
-            raise SAELoadError(
-                f"SAE {spec!r} is neither a folder nor 'release:sae_id' "
-                "(e.g. 'gemma-scope-2b-pt-res-canonical:layer_12/width_16k/canonical')"
-            )
-        try:
-            sae = SAE.from_pretrained(release, sae_id, device=dev, dtype=dtype)
-        except ValueError as exc:
-            raise SAELoadError(f"cannot load SAE {release}:{sae_id}: {exc}") from exc
-        source = f"{release}:{sae_id}"
+    sae, source = read_sae(spec, device=device, dtype=dtype)
     return wrap_sae(sae, model, source=source, layer=layer)
 
 

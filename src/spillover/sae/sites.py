@@ -13,7 +13,7 @@ requested site (and no final norm or unembedding) is computed.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -25,6 +25,7 @@ __all__ = [
     "Site",
     "SiteError",
     "capture",
+    "check_layers",
     "decoder_layers",
     "final_norm",
     "num_layers",
@@ -138,6 +139,17 @@ def final_norm(model: nn.Module) -> nn.Module | None:
         except AttributeError:
             continue
     return None
+
+
+def check_layers(layers: Iterable[int], n_layers: int, owner: str = "the model") -> None:
+    """Fail fast on layers outside ``0..n_layers-1`` (before a model is loaded, from its config alone).
+
+    Raises:
+        SiteError: naming the layers that do not exist and the valid range.
+    """
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise SiteError(f"layers {bad} do not exist: {owner} has {n_layers} layers (0..{n_layers - 1})")
 
 
 def _check_layer(model: nn.Module, layer: int) -> str:

@@ -36,7 +36,7 @@ from spillover.config import to_dict
 from spillover.progress import enabled as progress_enabled
 from spillover.sae.activations import Sample, TokenSelection, iter_activations
 from spillover.sae.load import SAEHandle, wrap_sae
-from spillover.sae.sites import Site
+from spillover.sae.sites import Site, num_layers, site_for_layer
 
 __all__ = [
     "SAEQuality",
@@ -44,6 +44,7 @@ __all__ = [
     "TrainedSAE",
     "collect_training_activations",
     "measure_quality",
+    "train_layer_saes",
     "train_sae",
     "train_sae_on_activations",
 ]
@@ -72,8 +73,8 @@ class SAETrainConfig:
     decay_fraction: float = 0.2
     """Share of steps with the final linear decay."""
     aux_loss_coefficient: float = 1.0
-    """Weight of the TopK auxiliary loss that revives dead latents (SAELens' default; Gao et al. use 1/32).
-    On the organism 1.0 left 7.9% dead latents vs 9.3% at 1/32, same FVU."""
+    """Weight of the TopK auxiliary loss that revives dead latents (SAELens' default; Gao et al. use 1/32;
+    measured: docs/results.md#organism-geometry)."""
     dead_feature_window: int = 200
     """Steps without firing after which a latent counts as dead for the auxiliary loss."""
     holdout_fraction: float = 0.05
@@ -192,14 +193,57 @@ def train_sae_on_activations(
 
     Returns:
         The trained SAE, loaded back from disk, and its held-out and training reconstruction quality.
+        The SAE lives where ``load_sae`` would put it: on the model's device, else on ``acts_ND``'s,
+        whatever device it was trained on, so it reads the caller's activations as they are.
     """
-    from sae_lens import SAE, SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
-    from sae_lens.config import SAETrainerConfig
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    train_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    home = next(model.parameters()).device if model is not None else acts_ND.device
     acts_ND = acts_ND.float()
-    n, d_in = acts_ND.shape
     gen = torch.Generator().manual_seed(cfg.seed)
+    held_ND, train_ND = _split_heldout(acts_ND, cfg, gen)
+    steps = cfg.training_tokens // cfg.batch_size
+    log.info(
+        "training a %d-latent TopK(k=%d) SAE on %d activations of width %d (%.1f passes)",
+        cfg.d_sae,
+        cfg.k,
+        train_ND.shape[0],
+        acts_ND.shape[1],
+        cfg.training_tokens / train_ND.shape[0],
+    )
+    # Train on activations scaled to mean squared norm d_in (as SAELens' expected_average_only_in does),
+    # so one learning rate fits any model; the factor is folded into the weights afterwards.
+    scale = math.sqrt(acts_ND.shape[1]) / float(train_ND.norm(dim=-1).mean().clamp(min=1e-8))
+    scaled_ND = train_ND * scale
+    trained = _fit(scaled_ND, cfg, site=site, model_name=model_name, steps=steps, device=train_device)
+    trained.fold_activation_norm_scaling_factor(scale)
+    train_ND = scaled_ND / scale
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(out_dir) if out_dir is not None else Path(tmp)
+        source = str(target) if out_dir is not None else "<memory>"
+        trained.save_inference_model(target)
+        handle = _load_trained(target, model, site, source=source, device=train_device)
+        quality = measure_quality(handle, held_ND)
+        sample = train_ND[torch.randperm(train_ND.shape[0], generator=gen)[: max(held_ND.shape[0], 4096)]]
+        train_quality = measure_quality(handle, sample)
+        if out_dir is not None:
+            _record(target, cfg, quality, train_quality, n_train=train_ND.shape[0], steps=steps)
+        if handle.device != home:
+            handle = _load_trained(target, model, site, source=source, device=home)
+    log.info(
+        "SAE quality (held-out %d tokens): FVU %.4f, L0 %.1f, dead %.1f%%",
+        quality.n_tokens,
+        quality.fvu,
+        quality.l0,
+        100 * quality.dead_fraction,
+    )
+    return TrainedSAE(handle, quality, train_quality, Path(out_dir) if out_dir is not None else None)
+
+
+def _split_heldout(
+    acts_ND: torch.Tensor, cfg: SAETrainConfig, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(held-out, training)`` activations: a random ``cfg.holdout_fraction`` (at least one) held out."""
+    n = acts_ND.shape[0]
     perm = torch.randperm(n, generator=gen)
     n_hold = max(1, int(round(n * cfg.holdout_fraction)))
     held_ND, train_ND = acts_ND[perm[:n_hold]], acts_ND[perm[n_hold:]]
@@ -207,19 +251,19 @@ def train_sae_on_activations(
         raise ValueError(
             f"only {train_ND.shape[0]} training activations for batch_size {cfg.batch_size}; collect more data"
         )
-    passes = cfg.training_tokens / train_ND.shape[0]
-    log.info(
-        "training a %d-latent TopK(k=%d) SAE on %d activations of width %d (%.1f passes)",
-        cfg.d_sae,
-        cfg.k,
-        train_ND.shape[0],
-        d_in,
-        passes,
-    )
-    steps = cfg.training_tokens // cfg.batch_size
+    return held_ND, train_ND
+
+
+def _fit(
+    train_ND: torch.Tensor, cfg: SAETrainConfig, *, site: Site, model_name: str, steps: int, device: str
+) -> Any:
+    """Train a SAELens ``TopKTrainingSAE`` on (scaled) activations with SAELens' ``SAETrainer``."""
+    from sae_lens import SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import SAETrainerConfig
+
     torch.manual_seed(cfg.seed)
     sae_cfg = TopKTrainingSAEConfig(
-        d_in=d_in,
+        d_in=train_ND.shape[1],
         d_sae=cfg.d_sae,
         k=cfg.k,
         aux_loss_coefficient=cfg.aux_loss_coefficient,
@@ -230,10 +274,6 @@ def train_sae_on_activations(
     sae_cfg.metadata.model_name = model_name
     sae_cfg.metadata.spillover_site_io = site.io
     sae = TopKTrainingSAE(sae_cfg)
-    # Train on activations scaled to mean squared norm d_in (as SAELens' expected_average_only_in does),
-    # so one learning rate fits any model; the factor is folded into the weights afterwards.
-    scale = math.sqrt(d_in) / float(train_ND.norm(dim=-1).mean().clamp(min=1e-8))
-    train_ND = train_ND * scale
     with torch.no_grad():
         # Start the decoder bias at the data mean, a standard SAE initialisation.
         sae.b_dec.data.copy_(train_ND.mean(0).to(sae.b_dec.device))
@@ -253,31 +293,19 @@ def train_sae_on_activations(
         trainer = SAETrainer(
             cfg=trainer_cfg, sae=sae, data_provider=_batches(train_ND, cfg.batch_size, cfg.seed)
         )
-        trained = trainer.fit()
-    trained.fold_activation_norm_scaling_factor(scale)
-    train_ND = train_ND / scale
-    with tempfile.TemporaryDirectory() as tmp:
-        target = Path(out_dir) if out_dir is not None else Path(tmp)
-        trained.save_inference_model(target)
-        loaded = SAE.load_from_disk(target, device=device)
-        handle = wrap_sae(
-            loaded, model, source=str(target) if out_dir is not None else "<memory>", layer=site.layer
-        )
-        if model is None:
-            handle = SAEHandle(sae=handle.sae, site=site, source=handle.source, _scale=handle._scale)
-        quality = measure_quality(handle, held_ND)
-        sample = train_ND[torch.randperm(train_ND.shape[0], generator=gen)[: max(n_hold, 4096)]]
-        train_quality = measure_quality(handle, sample)
-        if out_dir is not None:
-            _record(target, cfg, quality, train_quality, n_train=train_ND.shape[0], steps=steps)
-    log.info(
-        "SAE quality (held-out %d tokens): FVU %.4f, L0 %.1f, dead %.1f%%",
-        quality.n_tokens,
-        quality.fvu,
-        quality.l0,
-        100 * quality.dead_fraction,
-    )
-    return TrainedSAE(handle, quality, train_quality, Path(out_dir) if out_dir is not None else None)
+        return trainer.fit()
+
+
+def _load_trained(
+    folder: Path, model: nn.Module | None, site: Site, *, source: str, device: str | torch.device
+) -> SAEHandle:
+    """The saved SAE as a handle on ``device``, bound to ``model`` (or to ``site`` without one)."""
+    from sae_lens import SAE
+
+    handle = wrap_sae(SAE.load_from_disk(folder, device=str(device)), model, source=source, layer=site.layer)
+    if model is None:
+        handle = SAEHandle(sae=handle.sae, site=site, source=handle.source, _scale=handle._scale)
+    return handle
 
 
 def _record(
@@ -369,3 +397,51 @@ def train_sae(
     return train_sae_on_activations(
         acts_ND, cfg, site=site, model=model, model_name=model_name, out_dir=out_dir
     )
+
+
+def train_layer_saes(
+    model: nn.Module,
+    tokenizer: Any,
+    samples: Sequence[Sample],
+    layers: Sequence[int],
+    cfg: SAETrainConfig,
+    out_dir: str | Path,
+    *,
+    tokens: TokenSelection = "all",
+    batch_size: int = 32,
+    model_name: str = "",
+) -> list[TrainedSAE]:
+    """One TopK SAE per decoder layer at its residual output, saved as ``out_dir/layer_<L>``.
+
+    Every layer is resolved before any activation is collected, so a layer the model lacks fails at once.
+
+    Args:
+        model: an HF causal LM.
+        tokenizer: its tokenizer.
+        samples: conversations or raw texts (the SAEs' training distribution).
+        layers: decoder layers (empty: every layer).
+        cfg: SAE shape and schedule, the same for every layer.
+        out_dir: the folder of ``layer_<L>/`` SAELens folders.
+        tokens: which tokens to train on.
+        batch_size: samples per forward pass when collecting.
+        model_name: recorded in the SAEs' metadata.
+    """
+    if not samples:
+        raise ValueError("no training samples for the SAEs")
+    sites = [site_for_layer(model, layer) for layer in (layers or range(num_layers(model)))]
+    trained: list[TrainedSAE] = []
+    for site in sites:
+        acts_ND = collect_training_activations(
+            model, tokenizer, samples, site, tokens=tokens, batch_size=batch_size
+        )
+        trained.append(
+            train_sae_on_activations(
+                acts_ND,
+                cfg,
+                site=site,
+                model=model,
+                model_name=model_name,
+                out_dir=Path(out_dir) / f"layer_{site.layer}",
+            )
+        )
+    return trained
