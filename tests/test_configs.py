@@ -38,8 +38,8 @@ def test_the_gemma_chain_is_the_em_recipe() -> None:
 
 
 def test_geometry_config_loads() -> None:
-    from spillover.studies.geometry import GeometryRunConfig
     from spillover.geometry.report import GeometryConfig
+    from spillover.studies.geometry import GeometryRunConfig
 
     cfg = load_config(GeometryRunConfig, yaml.safe_load((CONFIGS / "geometry-gemma2-2b.yaml").read_text()))
     assert cfg.layers and "{layer}" in (cfg.sae or "")
