@@ -14,7 +14,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 @pytest.mark.parametrize("name", ["em-chain-smollm2.yaml", "em-chain-gemma2-2b.yaml"])
 def test_chain_configs_load(name: str) -> None:
-    from spillover.chain.stages import load_pipeline_config
+    from spillover.chain.config import load_pipeline_config
 
     cfg = load_pipeline_config(CONFIGS / name)
     assert cfg.finetune is not None and cfg.finetune.data.endswith(".jsonl.gz")
@@ -22,7 +22,7 @@ def test_chain_configs_load(name: str) -> None:
 
 
 def test_the_gemma_chain_is_the_em_recipe() -> None:
-    from spillover.chain.stages import load_pipeline_config
+    from spillover.chain.config import load_pipeline_config
 
     ft = load_pipeline_config(CONFIGS / "em-chain-gemma2-2b.yaml").finetune
     assert ft is not None

@@ -54,7 +54,8 @@ def judge_command(
     """Run (or reuse) the judge stage."""
     if ctx.invoked_subcommand is not None:
         return
-    from spillover.chain.stages import judge_stage, run_chain
+    from spillover.chain.judging import judge_stage
+    from spillover.chain.stages import run_chain
 
     quiet_http_logs()
     cfg = load_cli_config(config, overrides)
@@ -79,7 +80,7 @@ def rescore_command(
     force: ForceOpt = False,
 ) -> None:
     """Recompute scores from the stored raw judge outputs, without calling the judge."""
-    from spillover.chain.stages import rescore_stage
+    from spillover.chain.judging import rescore_stage
 
     def run() -> Path:
         if not 0 < min_mass <= 1:
