@@ -11,7 +11,7 @@ from spillover.studies.demo import DemoConfig, SpilloverConfig, print_summary, r
 def tiny_demo() -> DemoConfig:
     """The smallest demo that runs every stage (seconds, not minutes; numbers are meaningless)."""
     from spillover.geometry.report import GeometryConfig
-    from spillover.organism.evaluate import EvalConfig
+    from spillover.organism.evaluate import EvalConfig, EvalSampling
     from spillover.organism.inputs import OrganismSAEConfig
     from spillover.organism.model import ModelConfig
     from spillover.organism.pipeline import OrganismConfig
@@ -20,7 +20,9 @@ def tiny_demo() -> DemoConfig:
     from spillover.studies.dynamics import DynamicsConfig
     from spillover.studies.filtering import FilterExperimentConfig
 
-    eval_cfg = EvalConfig(n_per_domain=4, domains=("sports", "general", "code"), max_new_tokens=12)
+    eval_cfg = EvalConfig(
+        n_per_domain=4, domains=("sports", "general", "code"), sampling=EvalSampling(max_new_tokens=12)
+    )
     return DemoConfig(
         preset="tiny",
         organism=OrganismConfig(
