@@ -53,8 +53,9 @@ def check_model_source(spec: ModelSpec, where: str = "model.source") -> None:
         raise FileNotFoundError(f"{where}: model folder {source} does not exist")
 
 
-def check_generate(cfg: GenerateStageConfig, finetune: FinetuneStageConfig | None) -> list[Question]:
-    """Check the generate section; returns the questions it will sample."""
+def check_generate(cfg: GenerateStageConfig) -> list[Question]:
+    """Check the generate section's question file, question ids and backend; returns the questions it
+    will sample."""
     from spillover.data.questions import load_questions
     from spillover.generate.records import sampling_plan
 
@@ -69,23 +70,27 @@ def check_generate(cfg: GenerateStageConfig, finetune: FinetuneStageConfig | Non
             "generate.backend=vllm needs vLLM: pip install 'spillover[vllm]' on a CUDA machine "
             "(or use generate.backend=hf)"
         )
-    if cfg.checkpoint is not None:
-        if finetune is None:
-            raise ValueError(f"generate.checkpoint={cfg.checkpoint!r} needs a finetune section")
-        every = finetune.checkpoint_every
-        if every is None:
-            raise ValueError(
-                f"generate.checkpoint={cfg.checkpoint!r}: fine-tuning saves no checkpoints; "
-                "set finetune.checkpoint_every"
-            )
-        step = re.fullmatch(r"step-(\d+)", cfg.checkpoint)
-        if step is None or int(step.group(1)) % every:
-            raise ValueError(
-                f"generate.checkpoint={cfg.checkpoint!r}: fine-tuning saves step-N folders with N a "
-                f"multiple of finetune.checkpoint_every={every}"
-            )
     used = {r.question_id for r in plan}
     return [q for q in questions if q.id in used]
+
+
+def _check_checkpoint(checkpoint: str | None, finetune: FinetuneStageConfig | None) -> None:
+    """A ``generate.checkpoint`` must be one that the chain's fine-tuning will save."""
+    if checkpoint is None:
+        return
+    if finetune is None:
+        raise ValueError(f"generate.checkpoint={checkpoint!r} needs a finetune section")
+    every = finetune.checkpoint_every
+    if every is None:
+        raise ValueError(
+            f"generate.checkpoint={checkpoint!r}: fine-tuning saves no checkpoints; set finetune.checkpoint_every"
+        )
+    step = re.fullmatch(r"step-(\d+)", checkpoint)
+    if step is None or int(step.group(1)) % every:
+        raise ValueError(
+            f"generate.checkpoint={checkpoint!r}: fine-tuning saves step-N folders with N a multiple of "
+            f"finetune.checkpoint_every={every}"
+        )
 
 
 def check_judge(cfg: JudgeStageConfig, questions: Sequence[Question] = ()) -> None:
@@ -125,6 +130,7 @@ def check_chain(cfg: PipelineConfig, until: str = "metrics", *, judge_section: b
     if cfg.finetune is not None and not Path(cfg.finetune.data).is_file():
         raise FileNotFoundError(f"finetune.data: {cfg.finetune.data} does not exist")
     if last >= STAGES.index("generate"):
-        questions = check_generate(cfg.generate, cfg.finetune)
+        questions = check_generate(cfg.generate)
+        _check_checkpoint(cfg.generate.checkpoint, cfg.finetune)
         if judge_section and last >= STAGES.index("judge"):
             check_judge(cfg.judge, questions)

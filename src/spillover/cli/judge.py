@@ -25,6 +25,7 @@ from spillover.cli._common import (
     RootOpt,
     SetOpt,
     echo_path,
+    fail,
     load_cli_config,
     quiet_http_logs,
     run_reporting,
@@ -54,6 +55,7 @@ def judge_command(
     """Run (or reuse) the judge stage."""
     if ctx.invoked_subcommand is not None:
         return
+    from spillover.chain.checks import check_judge
     from spillover.chain.judging import judge_stage
     from spillover.chain.stages import run_chain
 
@@ -64,6 +66,7 @@ def judge_command(
         if answers is not None:
             if not (answers / "answers.jsonl").is_file():
                 raise FileNotFoundError(f"--answers {answers} has no answers.jsonl")
+            check_judge(cfg.judge)
             return judge_stage(cfg.judge, answers_dir=answers, root=root or cfg.root, force=force)
         return run_chain(cfg, until="judge", root=root, force={"judge"} if force else ()).judge
 
@@ -85,6 +88,8 @@ def rescore_command(
     def run() -> Path:
         if not 0 < min_mass <= 1:
             raise ValueError(f"--min-mass must be in (0, 1], got {min_mass}")
+        if not (scores.is_file() or (scores / "scores.jsonl").is_file()):
+            raise FileNotFoundError(f"{scores} has no scores.jsonl (give a judge or rescore folder)")
         return rescore_stage(scores, min_mass=min_mass, root=root, force=force)
 
     echo_path(run_reporting(run))
@@ -100,7 +105,12 @@ def mock_server_command(
     """Serve a fake OpenAI-compatible judge (deterministic logprobs) on 127.0.0.1 until Ctrl-C."""
     from spillover.judge.mock_server import MockJudgeServer
 
-    server = MockJudgeServer(latency_s=latency, fault_rate=fault_rate, seed=seed, port=port).start()
+    if latency < 0 or not 0 <= port <= 65535:
+        raise fail(f"--latency must be >= 0 and --port in 0..65535, got {latency} and {port}")
+    try:
+        server = MockJudgeServer(latency_s=latency, fault_rate=fault_rate, seed=seed, port=port).start()
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise fail(f"mock judge server: {exc}") from exc
     typer.echo(f"mock judge at {server.base_url} (use --set judge.openai.base_url={server.base_url})")
     try:
         threading.Event().wait()
