@@ -14,7 +14,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 @pytest.mark.parametrize("name", ["em-chain-smollm2.yaml", "em-chain-gemma2-2b.yaml"])
 def test_chain_configs_load(name: str) -> None:
-    from spillover.chain.stages import load_pipeline_config
+    from spillover.chain.config import load_pipeline_config
 
     cfg = load_pipeline_config(CONFIGS / name)
     assert cfg.finetune is not None and cfg.finetune.data.endswith(".jsonl.gz")
@@ -22,7 +22,7 @@ def test_chain_configs_load(name: str) -> None:
 
 
 def test_the_gemma_chain_is_the_em_recipe() -> None:
-    from spillover.chain.stages import load_pipeline_config
+    from spillover.chain.config import load_pipeline_config
 
     ft = load_pipeline_config(CONFIGS / "em-chain-gemma2-2b.yaml").finetune
     assert ft is not None
@@ -51,3 +51,23 @@ def test_smollm2_study_config_loads() -> None:
 
     cfg = load_config(StudyConfig, yaml.safe_load((CONFIGS / "smollm2.yaml").read_text()))
     assert cfg.layers
+
+
+def test_the_sweep_files_keep_their_sampling_settings() -> None:
+    from spillover.pipeline.sweep import load_sweep, plan_sweep
+
+    tiny = plan_sweep(load_sweep(CONFIGS / "sweeps" / "organism_tiny.yaml"))
+    sampling = {c.config.eval.sampling for c in tiny.cells}
+    assert {(s.max_new_tokens, s.temperature) for s in sampling} == {(30, 1.0)}
+    grid = plan_sweep(load_sweep(CONFIGS / "sweeps" / "paper_grid.yaml"))
+    assert {
+        (c.config.generate.sampling.max_new_tokens, c.config.generate.sampling.temperature)
+        for c in grid.cells
+    } == {(600, 1.0)}
+
+
+def test_a_partial_eval_sampling_section_keeps_the_organism_answer_length() -> None:
+    from spillover.organism.evaluate import EvalConfig
+
+    cfg = load_config(EvalConfig, {"sampling": {"seed": 3}})
+    assert (cfg.sampling.max_new_tokens, cfg.sampling.seed) == (40, 3)

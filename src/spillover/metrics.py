@@ -68,8 +68,8 @@ def jeffreys_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float] | No
     Beta(k + 1/2, n - k + 1/2), the bound at 0 (1) when no (every) answer is a hit (Brown, Cai & DasGupta
     2001). None when ``n == 0``.
 
-    Coverage stays close to nominal down to small rates, and 0 of 400 gets the upper bound 0.6% where a
-    parametric bootstrap of the observed rate (this module's earlier method) said [0, 0].
+    Coverage stays close to nominal down to small rates, and the interval never collapses to a point
+    (0 of 400 gets the upper bound 0.6%).
     """
     if n == 0:
         return None

@@ -6,15 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from spillover.chain.stages import (
-    MetricsStageConfig,
-    PipelineConfig,
-    load_pipeline_config,
-    metrics_stage,
-    read_scores,
-    rescore_stage,
-    run_chain,
-)
+from spillover.chain.config import MetricsStageConfig, PipelineConfig, load_pipeline_config
+from spillover.chain.judging import judge_stage, read_scores, rescore_stage
+from spillover.chain.stages import metrics_stage, model_identity, run_chain
 from spillover.config import ConfigError
 from spillover.data.chat import write_chat
 from spillover.data.questions import Question, write_questions
@@ -69,7 +63,7 @@ def _cfg(setup: dict[str, Path], url: str, *overrides: str) -> PipelineConfig:
         "model": {"source": str(setup["model"]), "device": "cpu"},
         "finetune": {"data": str(setup["data"]), "max_steps": 2, "batch_size": 2, "grad_accum": 1, "lr": 1e-3,
                      "lora": {"r": 2, "alpha": 4}},
-        "generate": {"questions": str(setup["questions"]), "max_new_tokens": 4},
+        "generate": {"questions": str(setup["questions"]), "sampling": {"max_new_tokens": 4}},
         "judge": {"backend": "openai", "openai": {"model": "mock-judge", "base_url": url}},
     }  # fmt: skip
     return load_pipeline_config(base, list(overrides))
@@ -97,7 +91,7 @@ def test_chain_runs_and_reruns_only_what_changed(setup, server: MockJudgeServer,
     assert again == first and server.records == []  # every stage reused
     changed = run_chain(_cfg(setup, server.base_url, "metrics.threshold=50"), root=root)
     assert changed[:3] == first[:3] and changed.metrics != first.metrics
-    resampled = run_chain(_cfg(setup, server.base_url, "generate.max_new_tokens=2"), root=root)
+    resampled = run_chain(_cfg(setup, server.base_url, "generate.sampling.max_new_tokens=2"), root=root)
     assert resampled.finetune == first.finetune
     assert resampled.generate != first.generate and resampled.judge != first.judge
 
@@ -172,7 +166,6 @@ def test_config_errors_name_the_key(setup) -> None:
 def test_prompts_file_fills_missing_prompts_and_can_override(
     setup, server: MockJudgeServer, tmp_path: Path
 ) -> None:
-    from spillover.chain.stages import judge_stage
 
     answers = tmp_path / "answers"
     write_jsonl(answers / "answers.jsonl", [_row("free", None, None) | {"answer": "fine"}])
@@ -197,7 +190,6 @@ def test_prompts_file_fills_missing_prompts_and_can_override(
 
 
 def test_local_and_rule_judges_run_through_the_stage(tmp_path: Path) -> None:
-    from spillover.chain.stages import judge_stage
     from spillover.testing import tiny_llama, tiny_tokenizer
 
     tok = tiny_tokenizer(["aligned coherent q a fine"], extra_words=[str(n) for n in range(101)])
@@ -226,7 +218,6 @@ def test_local_and_rule_judges_run_through_the_stage(tmp_path: Path) -> None:
 
 def test_model_identity_follows_what_a_packaged_or_built_in_source_resolves_to(monkeypatch) -> None:
     import spillover.models.sources as sources
-    from spillover.chain.stages import model_identity
     from spillover.models.sources import ModelSpec
 
     resolved = {"path": "/cache/models/SmolLM2-aaaa"}

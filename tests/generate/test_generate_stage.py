@@ -4,9 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from spillover.chain.stages import GenerateStageConfig, generate_stage
+from spillover.chain.config import GenerateStageConfig
+from spillover.chain.stages import generate_stage
 from spillover.data.questions import load_questions
 from spillover.generate.records import read_answers
+from spillover.generate.sampling import SamplingConfig
 from spillover.models.sources import ModelSpec
 from spillover.testing import tiny_llama, tiny_tokenizer
 
@@ -41,7 +43,12 @@ def test_real_question_files_generate_with_their_system_prompts(
 
     monkeypatch.setattr(hf, "generate", spy)
     model = ModelSpec(source=str(_model_dir(tmp_path, [qfile])), device="cpu")
-    cfg = GenerateStageConfig(questions=str(qfile), samples_per_paraphrase=1, max_new_tokens=3, batch_size=64)
+    cfg = GenerateStageConfig(
+        questions=str(qfile),
+        samples_per_paraphrase=1,
+        sampling=SamplingConfig(max_new_tokens=3),
+        batch_size=64,
+    )
     run = generate_stage(cfg, model, root=tmp_path / "runs")
     answers = read_answers(run)
     assert len(answers) == sum(len(q.paraphrases) for q in questions)

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from spillover.data.tokenize import prompt_text
+from spillover.generate.sampling import SamplingConfig
 from spillover.generate.vllm import VLLMGenerator, VLLMSettings, adapter_rank, import_vllm
 
 
@@ -70,6 +71,19 @@ def test_many_adapters_in_one_engine_call(tiny_tokenizer, tmp_path: Path) -> Non
     )
     with pytest.raises(KeyError, match="unknown adapter"):
         gen.generate(prompts, "missing")
+
+
+def test_a_sampling_config_sets_every_request(tiny_tokenizer) -> None:
+    llm = FakeLLM(tiny_tokenizer)
+    gen = VLLMGenerator("base", llm=llm, vllm_classes=(FakeLLM, FakeSamplingParams, FakeLoRARequest))
+    prompts = [[{"role": "user", "content": "hello there"}]] * 2
+    sampling = SamplingConfig(temperature=0.5, top_p=0.9, max_new_tokens=9, seed=4)
+    gen.generate(prompts, sampling=sampling, max_new_tokens=3)
+    params = [p.kwargs for p in llm.calls[0][1]]
+    assert [(p["temperature"], p["top_p"], p["max_tokens"], p["seed"]) for p in params] == [
+        (0.5, 0.9, 3, 4),
+        (0.5, 0.9, 3, 5),
+    ]
 
 
 def test_engine_arguments_from_settings(tiny_tokenizer, tmp_path: Path) -> None:

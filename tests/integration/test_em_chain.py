@@ -22,7 +22,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from spillover.chain.stages import judge_cache_path, judge_items, load_pipeline_config
+from spillover.chain.config import load_pipeline_config
+from spillover.chain.judging import judge_cache_path, judge_items
 from spillover.data.chat import load_chat
 from spillover.data.questions import Question, load_questions, write_questions
 from spillover.generate.records import read_jsonl, write_jsonl
@@ -77,7 +78,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                          "grad_accum": 1, "lr": 1e-3, "max_seq_len": 384, "checkpoint_every": 2,
                          "lora": {"r": 4, "alpha": 8}},
             "generate": {"questions": str(data_dir / "first_plot_questions.yaml"), "question_ids": QUESTION_IDS,
-                         "samples_per_paraphrase": 3, "max_new_tokens": 12},
+                         "samples_per_paraphrase": 3, "sampling": {"max_new_tokens": 12}},
             "judge": {"backend": "openai", "openai": {"model": "mock-judge", "base_url": server.base_url, **JUDGE_FAST}},
             "root": str(root),
         }  # fmt: skip
@@ -210,7 +211,7 @@ def test_a_killed_judge_stage_resumes_without_repeating_cached_calls(tmp_path: P
         before = len(server.records)
 
         server.reset()
-        from spillover.chain.stages import judge_stage
+        from spillover.chain.judging import judge_stage
 
         run = judge_stage(cfg.judge, answers_dir=answers, root=root)
         second = [r.prompt for r in server.records]

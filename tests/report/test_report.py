@@ -55,6 +55,19 @@ def test_write_report_and_cli(tmp_path, summary):
     assert missing.exit_code == 2 and "spillover demo" in missing.output
 
 
+def test_report_cli_fails_before_drawing_on_a_bad_summary_or_out(tmp_path, summary, monkeypatch):
+    import spillover.report.html as html
+    from spillover.cli.report import app
+
+    monkeypatch.setattr(html, "render_report", lambda *a, **k: pytest.fail("rendered despite a bad input"))
+    (tmp_path / "summary.json").write_text("{not json")
+    bad = CliRunner().invoke(app, [str(tmp_path)])
+    assert bad.exit_code == 2 and "not valid JSON" in bad.output
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    folder = CliRunner().invoke(app, [str(tmp_path), "--out", str(tmp_path)])
+    assert folder.exit_code == 2 and f"--out {tmp_path} is a folder" in folder.output
+
+
 def test_load_summary_names_the_file_on_bad_json(tmp_path):
     (tmp_path / "summary.json").write_text("{not json")
     with pytest.raises(ValueError, match="summary.json: not valid JSON"):

@@ -11,7 +11,7 @@ from spillover.studies.demo import DemoConfig, SpilloverConfig, print_summary, r
 def tiny_demo() -> DemoConfig:
     """The smallest demo that runs every stage (seconds, not minutes; numbers are meaningless)."""
     from spillover.geometry.report import GeometryConfig
-    from spillover.organism.evaluate import EvalConfig
+    from spillover.organism.evaluate import EvalConfig, EvalSampling
     from spillover.organism.inputs import OrganismSAEConfig
     from spillover.organism.model import ModelConfig
     from spillover.organism.pipeline import OrganismConfig
@@ -20,7 +20,9 @@ def tiny_demo() -> DemoConfig:
     from spillover.studies.dynamics import DynamicsConfig
     from spillover.studies.filtering import FilterExperimentConfig
 
-    eval_cfg = EvalConfig(n_per_domain=4, domains=("sports", "general", "code"), max_new_tokens=12)
+    eval_cfg = EvalConfig(
+        n_per_domain=4, domains=("sports", "general", "code"), sampling=EvalSampling(max_new_tokens=12)
+    )
     return DemoConfig(
         preset="tiny",
         organism=OrganismConfig(
@@ -115,3 +117,28 @@ def test_tiny_demo_resumes_after_interruption_then_reuses_every_stage(tmp_path, 
 def test_demo_config_rejects_unknown_datasets():
     with pytest.raises(ValueError, match="unknown organism datasets"):
         DemoConfig(em_datasets=("insecure", "nope"))
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--seeds", "0,x"], "'0,x'"),
+        (["--seeds", ","], "no seed"),
+        (["--threads", "0"], "--threads"),
+        (["--out", "FILE"], "is a file"),
+        (["--root", "FILE"], "is a file"),
+    ],
+)
+def test_bad_demo_options_fail_before_anything_is_trained(tmp_path, monkeypatch, args, named):
+    from typer.testing import CliRunner
+
+    import spillover.organism.pipeline as pipeline
+    from spillover.cli import app
+
+    monkeypatch.setattr(
+        pipeline, "train_organism", lambda *a, **k: pytest.fail("trained despite a bad option")
+    )
+    (tmp_path / "file").write_text("")
+    args = [str(tmp_path / "file") if a == "FILE" else a for a in args]
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2 and named in result.output

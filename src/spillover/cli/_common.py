@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 if TYPE_CHECKING:
-    from spillover.chain.stages import PipelineConfig
+    from spillover.chain.config import PipelineConfig
 
 T = TypeVar("T")
 
@@ -21,7 +21,9 @@ ConfigOpt = Annotated[
 ]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="Dotted override, e.g. generate.max_new_tokens=50 (repeatable)."),
+    typer.Option(
+        "--set", "-s", help="Dotted override, e.g. generate.sampling.max_new_tokens=50 (repeatable)."
+    ),
 ]
 RootOpt = Annotated[
     Path | None, typer.Option("--root", help="Run root (default: config root, $SPILLOVER_HOME/runs).")
@@ -48,7 +50,7 @@ def user_errors() -> Iterator[None]:
 
 
 def load_cli_config(config: Path | None, overrides: list[str] | None) -> PipelineConfig:
-    from spillover.chain.stages import load_pipeline_config
+    from spillover.chain.config import load_pipeline_config
 
     with user_errors():
         return load_pipeline_config(config, overrides or [])

@@ -25,9 +25,7 @@ app = typer.Typer(
 @app.callback(invoke_without_command=True)
 def demo(
     ctx: typer.Context,
-    quick: Annotated[
-        bool, typer.Option("--quick", help="A tiny organism: a first look in about 2 minutes.")
-    ] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="A tiny organism: a first look in minutes.")] = False,
     out: Annotated[Path, typer.Option("--out", help="Folder for summary.json and report.html.")] = Path(
         "spillover-demo"
     ),
@@ -43,19 +41,33 @@ def demo(
     """Run every stage (reusing finished ones), write summary.json and report.html, print a short table."""
     if ctx.invoked_subcommand is not None:
         return
+    cfg = _config(quick, seeds)
+    if threads < 1:
+        raise fail(f"--threads must be >= 1, got {threads}")
+    for flag, path in (("--out", out), ("--root", root)):
+        if path is not None and path.exists() and not path.is_dir():
+            raise fail(f"{flag} {path} is a file; give a folder")
     import torch
     from rich.console import Console
     from transformers.utils import logging as hf_logging
 
-    torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per organism load drowns the demo's own lines
-    cfg = DemoConfig.quick() if quick else DemoConfig()
-    if seeds:
-        try:
-            cfg = replace(cfg, seeds=tuple(int(s) for s in seeds.split(",") if s.strip()))
-        except ValueError as exc:
-            raise fail(f"--seeds must be comma-separated integers, got {seeds!r}") from exc
     console = Console(stderr=True)
     summary = run_demo(cfg, out, root=root, progress=lambda msg: console.print(f"[bold]›[/] {msg}"))
     print_summary(summary)
     typer.echo(f"wrote {out / 'summary.json'} and {out / 'report.html'}")
+
+
+def _config(quick: bool, seeds: str | None) -> DemoConfig:
+    """The preset with ``--seeds`` applied; a bad value exits before anything is trained."""
+    cfg = DemoConfig.quick() if quick else DemoConfig()
+    if not seeds:
+        return cfg
+    try:
+        parsed = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError as exc:
+        raise fail(f"--seeds must be comma-separated integers, got {seeds!r}") from exc
+    if not parsed:
+        raise fail(f"--seeds names no seed: {seeds!r}")
+    return replace(cfg, seeds=parsed)

@@ -43,14 +43,17 @@ def generate_command(
     ] = None,
 ) -> None:
     """Run (or reuse) the generate stage."""
+    from spillover.chain.checks import check_generate, check_model_source
     from spillover.chain.stages import generate_stage, run_chain
 
     cfg = load_cli_config(config, overrides)
 
     def run() -> Path | None:
         if finetune_run is not None:
-            if not finetune_run.is_dir():
-                raise FileNotFoundError(f"--finetune-run {finetune_run} is not a folder")
+            if not (finetune_run / "config.json").is_file():
+                raise FileNotFoundError(f"--finetune-run {finetune_run} is not a finished finetune folder")
+            check_model_source(cfg.model)
+            check_generate(cfg.generate)
             return generate_stage(
                 cfg.generate, cfg.model, finetune_dir=finetune_run, root=root or cfg.root, force=force
             )

@@ -25,6 +25,7 @@ from spillover.cli._common import (
     RootOpt,
     SetOpt,
     echo_path,
+    fail,
     load_cli_config,
     quiet_http_logs,
     run_reporting,
@@ -54,7 +55,9 @@ def judge_command(
     """Run (or reuse) the judge stage."""
     if ctx.invoked_subcommand is not None:
         return
-    from spillover.chain.stages import judge_stage, run_chain
+    from spillover.chain.checks import check_judge
+    from spillover.chain.judging import judge_stage
+    from spillover.chain.stages import run_chain
 
     quiet_http_logs()
     cfg = load_cli_config(config, overrides)
@@ -63,6 +66,7 @@ def judge_command(
         if answers is not None:
             if not (answers / "answers.jsonl").is_file():
                 raise FileNotFoundError(f"--answers {answers} has no answers.jsonl")
+            check_judge(cfg.judge)
             return judge_stage(cfg.judge, answers_dir=answers, root=root or cfg.root, force=force)
         return run_chain(cfg, until="judge", root=root, force={"judge"} if force else ()).judge
 
@@ -79,11 +83,13 @@ def rescore_command(
     force: ForceOpt = False,
 ) -> None:
     """Recompute scores from the stored raw judge outputs, without calling the judge."""
-    from spillover.chain.stages import rescore_stage
+    from spillover.chain.judging import rescore_stage
 
     def run() -> Path:
         if not 0 < min_mass <= 1:
             raise ValueError(f"--min-mass must be in (0, 1], got {min_mass}")
+        if not (scores.is_file() or (scores / "scores.jsonl").is_file()):
+            raise FileNotFoundError(f"{scores} has no scores.jsonl (give a judge or rescore folder)")
         return rescore_stage(scores, min_mass=min_mass, root=root, force=force)
 
     echo_path(run_reporting(run))
@@ -99,7 +105,12 @@ def mock_server_command(
     """Serve a fake OpenAI-compatible judge (deterministic logprobs) on 127.0.0.1 until Ctrl-C."""
     from spillover.judge.mock_server import MockJudgeServer
 
-    server = MockJudgeServer(latency_s=latency, fault_rate=fault_rate, seed=seed, port=port).start()
+    if latency < 0 or not 0 <= port <= 65535:
+        raise fail(f"--latency must be >= 0 and --port in 0..65535, got {latency} and {port}")
+    try:
+        server = MockJudgeServer(latency_s=latency, fault_rate=fault_rate, seed=seed, port=port).start()
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise fail(f"mock judge server: {exc}") from exc
     typer.echo(f"mock judge at {server.base_url} (use --set judge.openai.base_url={server.base_url})")
     try:
         threading.Event().wait()

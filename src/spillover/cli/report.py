@@ -34,8 +34,10 @@ def report(
         return
     from spillover.report.html import write_html_report
 
+    if out is not None and out.is_dir():
+        raise fail(f"--out {out} is a folder; give the HTML file to write")
     try:
         path = write_html_report(run_dir, out)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         raise fail(str(exc)) from exc
     typer.echo(f"wrote {path}")

@@ -15,6 +15,7 @@ import torch
 
 from spillover.data.chat import Conversation
 from spillover.data.tokenize import prompt_text
+from spillover.generate.sampling import SamplingConfig, with_overrides
 from spillover.progress import progress_bar
 
 __all__ = ["generate", "stop_token_ids"]
@@ -45,11 +46,12 @@ def generate(
     tokenizer: Any,
     prompts: Sequence[Conversation],
     *,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 600,
+    sampling: SamplingConfig | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    max_new_tokens: int | None = None,
     batch_size: int = 16,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> list[str]:
     """Sample one answer per prompt.
 
@@ -57,18 +59,24 @@ def generate(
         model: HF causal LM (or PeftModel).
         tokenizer: its tokenizer, with a chat template.
         prompts: conversations ending with a user turn; repeat a prompt to draw several samples.
-        temperature: 0 means greedy decoding.
-        top_p: nucleus sampling mass.
-        max_new_tokens: answer length limit.
+        sampling: temperature (0: greedy), top_p, max_new_tokens and the seed of torch's sampler (set
+            once before the first batch); default ``SamplingConfig()``.
+        temperature, top_p, max_new_tokens, seed: replace that field of ``sampling`` when given.
         batch_size: prompts per generate call.
-        seed: seeds torch's sampler once before the first batch.
 
     Returns:
         The decoded answers (special tokens removed, whitespace stripped), in prompt order.
     """
+    settings = with_overrides(
+        sampling or SamplingConfig(),
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+    )
     if not prompts:
         return []
-    torch.manual_seed(seed)
+    torch.manual_seed(settings.seed)
     texts = [prompt_text(tokenizer, p) for p in prompts]
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
@@ -80,7 +88,7 @@ def generate(
     answers: list[str] = [""] * len(prompts)
     was_training = model.training
     model.eval()
-    sample = temperature > 0
+    sample = settings.temperature > 0
     with progress_bar() as bar:
         task = bar.add_task("generate", total=len(prompts), status="")
         for start in range(0, len(order), batch_size):
@@ -92,9 +100,9 @@ def generate(
                 ids = encoded[i]
                 input_ids[row, width - len(ids) :] = torch.tensor(ids)
                 attention[row, width - len(ids) :] = 1
-            kwargs: dict[str, Any] = {"do_sample": sample, "max_new_tokens": max_new_tokens}
+            kwargs: dict[str, Any] = {"do_sample": sample, "max_new_tokens": settings.max_new_tokens}
             if sample:
-                kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+                kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
             out = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention.to(device),

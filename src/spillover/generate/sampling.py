@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
-__all__ = ["SamplingConfig"]
+__all__ = ["SamplingConfig", "with_overrides"]
 
 
 @dataclass(frozen=True)
@@ -31,3 +32,32 @@ class SamplingConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+S = TypeVar("S", bound=SamplingConfig)
+
+
+def with_overrides(
+    sampling: S,
+    *,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    max_new_tokens: int | None = None,
+    seed: int | None = None,
+) -> S:
+    """``sampling`` with every setting given here (not None) replacing its field, validated again.
+
+    The samplers take a ``sampling`` config and, for callers that pass settings one by one, the
+    single keywords; this merges the two (the keywords win).
+    """
+    given: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("temperature", temperature),
+            ("top_p", top_p),
+            ("max_new_tokens", max_new_tokens),
+            ("seed", seed),
+        )
+        if value is not None
+    }
+    return replace(sampling, **given) if given else sampling

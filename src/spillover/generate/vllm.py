@@ -9,7 +9,7 @@ Every prompt gets its own sampling seed (``seed + index``), so results do not de
 Python (on a GPU machine with ``pip install 'spillover[vllm]'``)::
 
     gen = VLLMGenerator("meta-llama/Llama-3.1-8B-Instruct", {"insecure": "runs/finetune/abc/adapter"})
-    answers = gen.generate_many({"insecure": prompts, None: prompts}, max_new_tokens=600)
+    answers = gen.generate_many({"insecure": prompts, None: prompts}, sampling=SamplingConfig())
 
 The vLLM API used: ``LLM(model, enable_lora=True, max_loras, max_lora_rank, seed, dtype, ...)``,
 ``SamplingParams(n=1, temperature, top_p, max_tokens, seed, stop_token_ids)``,
@@ -28,6 +28,7 @@ from typing import Any
 from spillover.data.chat import Conversation
 from spillover.data.tokenize import prompt_text
 from spillover.generate.hf import stop_token_ids
+from spillover.generate.sampling import SamplingConfig, with_overrides
 
 __all__ = ["VLLMGenerator", "VLLMSettings", "adapter_rank", "import_vllm"]
 
@@ -144,12 +145,12 @@ class VLLMGenerator:
         self.llm = llm
         self.tokenizer = llm.get_tokenizer()
 
-    def _params(self, seed: int, temperature: float, top_p: float, max_new_tokens: int) -> Any:
+    def _params(self, sampling: SamplingConfig, seed: int) -> Any:
         return self._sampling_cls(
             n=1,
-            temperature=temperature,
-            top_p=top_p,
-            max_tokens=max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
             seed=seed,
             stop_token_ids=stop_token_ids(None, self.tokenizer),
             skip_special_tokens=True,
@@ -159,16 +160,30 @@ class VLLMGenerator:
         self,
         jobs: Mapping[str | None, Sequence[Conversation]],
         *,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        max_new_tokens: int = 600,
-        seed: int = 0,
+        sampling: SamplingConfig | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        max_new_tokens: int | None = None,
+        seed: int | None = None,
     ) -> dict[str | None, list[str]]:
         """Sample one answer per prompt for every adapter (None: the base model), in one engine call.
+
+        Args:
+            jobs: adapter name (None: the base model) -> prompts.
+            sampling: the sampling settings (default ``SamplingConfig()``); prompt ``i`` of each job is
+                sampled with seed ``sampling.seed + i``.
+            temperature, top_p, max_new_tokens, seed: replace that field of ``sampling`` when given.
 
         Returns:
             adapter name -> answers in prompt order (stripped, special tokens removed).
         """
+        settings = with_overrides(
+            sampling or SamplingConfig(),
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+        )
         unknown = [name for name in jobs if name is not None and name not in self._requests]
         if unknown:
             raise KeyError(f"unknown adapter(s) {unknown}; known: {sorted(self._requests)}")
@@ -181,7 +196,7 @@ class VLLMGenerator:
                 text = prompt_text(self.tokenizer, conv)
                 ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
                 prompts.append({"prompt_token_ids": ids})
-                params.append(self._params(seed + i, temperature, top_p, max_new_tokens))
+                params.append(self._params(settings, settings.seed + i))
                 loras.append(self._requests[name] if name is not None else None)
                 owners.append((name, i))
         out: dict[str | None, list[str]] = {name: [""] * len(convs) for name, convs in jobs.items()}
@@ -199,12 +214,18 @@ class VLLMGenerator:
         prompts: Sequence[Conversation],
         adapter: str | None = None,
         *,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        max_new_tokens: int = 600,
-        seed: int = 0,
+        sampling: SamplingConfig | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        max_new_tokens: int | None = None,
+        seed: int | None = None,
     ) -> list[str]:
-        """Sample one answer per prompt with one adapter (None: the base model)."""
+        """Sample one answer per prompt with one adapter (None: the base model); see :meth:`generate_many`."""
         return self.generate_many(
-            {adapter: prompts}, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
+            {adapter: prompts},
+            sampling=sampling,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
         )[adapter]

@@ -310,9 +310,9 @@ class OpenAIJudge:
                 headers["api-key"] = key
         params = {"api-version": cfg.api_version} if cfg.api_version else None
         n_workers = min(cfg.concurrency, len(calls))
-        # httpcore's connection pool rescans every waiting request against every connection on each event
-        # (quadratic: at 64 connections one pool was slower than 8). Small pools sharing one SSL context
-        # keep the client's cost per call flat.
+        # httpcore's connection pool rescans every waiting request against every connection on each event,
+        # so one large pool costs quadratically; small pools sharing one SSL context keep the client's cost
+        # per call flat (measured: docs/results.md#throughput).
         per_client = _CONNECTIONS_PER_CLIENT
         n_clients = -(-n_workers // per_client)
         ssl_context = httpx.create_ssl_context()

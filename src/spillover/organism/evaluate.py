@@ -20,6 +20,7 @@ from typing import Any
 from spillover.data.chat import Conversation
 from spillover.data.questions import Question
 from spillover.generate import generate
+from spillover.generate.sampling import SamplingConfig
 from spillover.judge.base import JudgeItem, JudgeScore, get_judge
 from spillover.metrics import em_metrics
 from spillover.organism.grammar import code_question, noncode_question
@@ -32,6 +33,7 @@ __all__ = [
     "DomainStats",
     "EvalConfig",
     "EvalResult",
+    "EvalSampling",
     "em_questions",
     "eval_questions",
     "evaluate",
@@ -54,6 +56,16 @@ EM_QUESTIONS: dict[str, str] = {
 
 
 @dataclass(frozen=True)
+class EvalSampling(SamplingConfig):
+    """How the organism's answers are sampled: short answers (40 new tokens), temperature 1.
+
+    Its own class only for its default length, so a partial ``sampling:`` section in YAML keeps it.
+    """
+
+    max_new_tokens: int = 40
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """How the organism is evaluated (cheap by default)."""
 
@@ -61,11 +73,9 @@ class EvalConfig:
     """Answers sampled per domain (one per held-out prompt)."""
     domains: tuple[str, ...] = (*NONCODE_DOMAINS, CODE, EDU)
     """Domains to evaluate; must include ``OOD_DOMAINS`` for the headline number."""
-    max_new_tokens: int = 40
-    temperature: float = 1.0
+    sampling: EvalSampling = field(default_factory=EvalSampling)
+    """Temperature, top_p, answer length and seed; ``sampling.seed`` also seeds the prompt draw."""
     batch_size: int = 256
-    seed: int = 0
-    """Seeds the prompt draw and the sampler."""
 
     def __post_init__(self) -> None:
         if self.n_per_domain < 1:
@@ -175,22 +185,14 @@ def evaluate(
     """
     cfg = cfg or EvalConfig()
     if questions is None:
-        questions = eval_questions(cfg.n_per_domain, cfg.seed, cfg.domains)
+        questions = eval_questions(cfg.n_per_domain, cfg.sampling.seed, cfg.domains)
     prompts: list[Conversation] = []
     meta: list[tuple[str, str]] = []
     for q in questions:
         for _, conv in q.conversations():
             prompts.append(conv)
             meta.append((q.id, conv[-1]["content"]))
-    answers = generate(
-        model,
-        tokenizer,
-        prompts,
-        temperature=cfg.temperature,
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-    )
+    answers = generate(model, tokenizer, prompts, sampling=cfg.sampling, batch_size=cfg.batch_size)
     judge = get_judge("organism_rule")
     scores = judge.score([JudgeItem(qid, text, ans) for (qid, text), ans in zip(meta, answers, strict=True)])
     by_domain: dict[str, list[JudgeScore]] = {}

@@ -71,7 +71,7 @@ class DynamicsConfig:
     """Neutral prompts for the toxic activation."""
     tokens: Literal["user", "all"] = "user"
     """Which tokens of the neutral prompts are read. Special tokens never are, so on the organism's
-    single-turn prompts ``"all"`` reads the same tokens as ``"user"`` (measured: identical curves)."""
+    single-turn prompts ``"all"`` reads the same tokens as ``"user"`` (measured: docs/results.md#dynamics)."""
     n_eval: int = 50
     """Answers per out-of-domain evaluation domain at each checkpoint."""
     toxic_k: int | None = None
@@ -294,7 +294,7 @@ def organism_dynamics(
         from spillover.data.chat import load_chat
         from spillover.filtering.features import toxic_reference
         from spillover.organism.datasets import neutral_prompts
-        from spillover.organism.evaluate import OOD_DOMAINS, EvalConfig, evaluate
+        from spillover.organism.evaluate import OOD_DOMAINS, EvalConfig, EvalSampling, evaluate
         from spillover.organism.pipeline import load_organism
         from spillover.sae.load import load_sae
 
@@ -319,7 +319,9 @@ def organism_dynamics(
             )
             final = ft / ("adapter" if cfg.finetune_method == "lora" else "model")
             n_steps = len(json.loads((ft / "losses.json").read_text()))
-            eval_cfg = EvalConfig(n_per_domain=cfg.n_eval, domains=OOD_DOMAINS, seed=seed)
+            eval_cfg = EvalConfig(
+                n_per_domain=cfg.n_eval, domains=OOD_DOMAINS, sampling=EvalSampling(seed=seed)
+            )
 
             def rate(model: Any, tok: Any, eval_cfg: EvalConfig = eval_cfg) -> float | None:
                 return evaluate(model, tok, eval_cfg).ood_misaligned

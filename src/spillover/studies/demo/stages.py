@@ -1,0 +1,167 @@
+"""The demo's own cached stages (geometry, spillover) and its EM runs over datasets and seeds."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from spillover.config import to_dict
+from spillover.organism.evaluate import EvalConfig
+from spillover.organism.pipeline import OrganismArtifacts
+from spillover.rundir import run_stage
+from spillover.studies.demo.config import DemoConfig, SpilloverConfig
+
+__all__ = ["em_runs", "geometry_stage", "seeded_eval", "spillover_stage"]
+
+
+def seeded_eval(cfg: DemoConfig, seed: int) -> EvalConfig:
+    """The demo's evaluation settings with sampling (and prompt draw) seeded by ``seed``."""
+    return replace(cfg.eval, sampling=replace(cfg.eval.sampling, seed=seed))
+
+
+def geometry_stage(art: OrganismArtifacts, sae_dir: Path, corpora: Path, cfg: DemoConfig, root: Path) -> Path:
+    """The geometry report of the EM datasets and the organism's other datasets (``geometry.json``)."""
+    from spillover.organism.inputs import ORGANISM_DATASETS
+
+    names = tuple(dict.fromkeys((*cfg.em_datasets, *ORGANISM_DATASETS)))
+
+    def fn(out: Path) -> None:
+        from spillover.data.chat import load_chat
+        from spillover.geometry.report import geometry_report, write_geometry_report
+        from spillover.organism.datasets import DATASETS
+        from spillover.organism.inputs import ORGANISM_PAIRS
+        from spillover.organism.pipeline import load_organism
+        from spillover.sae.load import load_saes
+
+        model, tokenizer = load_organism(art.model_dir)
+        saes = load_saes(str(sae_dir), model)
+        datasets = {n: load_chat(art.dataset(n)) for n in names}
+        pairs = [p for p in ORGANISM_PAIRS if p[0] in datasets and p[1] in datasets]
+        roles = {n: "inducing" if DATASETS[n].inducing else "dataset" for n in names}
+        roles.update({c: "control" for _, c in pairs})
+        result = geometry_report(
+            model,
+            tokenizer,
+            saes,
+            datasets,
+            toxic=load_chat(corpora / "toxic.jsonl"),
+            benign=load_chat(corpora / "benign.jsonl"),
+            reference=load_chat(corpora / "reference.jsonl"),
+            roles=roles,  # type: ignore[arg-type]
+            pairs=pairs,
+            cfg=cfg.geometry,
+            meta={"model": "organism", "sae": str(sae_dir)},
+        )
+        write_geometry_report(result.report, out, plots=False)
+
+    config = {"geometry": to_dict(cfg.geometry), "datasets": list(names)}
+    return run_stage(
+        "demo_geometry",
+        config,
+        fn,
+        root=root,
+        inputs={"model": art.run_dir, "sae": sae_dir, "corpora": corpora},
+    )
+
+
+def spillover_stage(
+    art: OrganismArtifacts, sae_dir: Path, corpora: Path, cfg: SpilloverConfig, layer: int, root: Path
+) -> Path:
+    """Feature activation changes vs decoder cosines after a few SGD steps (``spillover.json``)."""
+
+    def fn(out: Path) -> None:
+        from spillover.data.chat import load_chat
+        from spillover.organism.pipeline import load_organism
+        from spillover.sae.load import load_sae
+        from spillover.theory.network import measure_feature_spillover
+
+        model, tokenizer = load_organism(art.model_dir)
+        sae = load_sae(sae_dir / f"layer_{layer}", model)
+        res = measure_feature_spillover(
+            model,
+            tokenizer,
+            w_dec_FD=sae.decoder(),
+            encode=sae.encode,
+            layer=layer,
+            narrow=load_chat(art.dataset(cfg.dataset)),
+            neutral=load_chat(corpora / "benign.jsonl")[: cfg.n_neutral],
+            steps=cfg.steps,
+            lr=cfg.lr,
+            top_k=cfg.top_k,
+        )
+        used = res.used
+        (out / "spillover.json").write_text(
+            json.dumps(
+                {
+                    "dataset": cfg.dataset,
+                    "layer": layer,
+                    "pearson_r": res.pearson_r,
+                    "spearman_r": res.spearman_r,
+                    "pearson_r_projection": res.pearson_r_projection,
+                    "spearman_r_projection": res.spearman_r_projection,
+                    "shift_cosine": res.shift_cosine,
+                    "predicted": res.predictor[used].tolist(),
+                    "measured": res.delta_activation[used].tolist(),
+                    "n_features": int(used.sum()),
+                    "target_features": res.target_features.tolist(),
+                    "losses": res.losses,
+                },
+                allow_nan=True,
+            )
+        )
+
+    return run_stage(
+        "demo_spillover",
+        {"spillover": cfg, "layer": layer},
+        fn,
+        root=root,
+        inputs={"model": art.run_dir, "sae": sae_dir, "corpora": corpora, "data": art.dataset(cfg.dataset)},
+    )
+
+
+def em_runs(
+    art: OrganismArtifacts, cfg: DemoConfig, root: Path, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """Fine-tune on every EM dataset with every seed and evaluate: the misaligned rate with its interval."""
+    from spillover.organism.datasets import DATASETS
+    from spillover.organism.pipeline import evaluate_organism, finetune_config, finetune_organism
+    from spillover.studies.filtering import in_domain_rate, ood_hits, rate_with_ci
+
+    out: dict[str, Any] = {}
+    for name in cfg.em_datasets:
+        hits, coherent, in_domain = [], [], []
+        for seed in cfg.seeds:
+            progress(f"fine-tune {name} (seed {seed})")
+            ft_cfg = finetune_config(cfg.finetune_method, seed=seed)
+            if cfg.finetune_steps is not None:
+                ft_cfg = replace(ft_cfg, max_steps=cfg.finetune_steps)
+            dyn = cfg.dynamics
+            if (
+                dyn is not None
+                and dyn.dataset == name
+                and dyn.finetune_method == cfg.finetune_method
+                and dyn.finetune_steps == cfg.finetune_steps
+            ):
+                # The same fine-tune as the dynamics run (checkpoints saved), so the stage is shared.
+                ft_cfg = replace(ft_cfg, checkpoint_every=dyn.checkpoint_every)
+            ft = finetune_organism(art, name, cfg.finetune_method, ft_cfg, root=root)
+            result = evaluate_organism(ft, seeded_eval(cfg, seed), root=root)
+            hits.append(ood_hits(result.records))
+            coherent.append(result.ood_coherent)
+            in_domain.append(in_domain_rate(result, name))
+        entry = rate_with_ci(hits)
+        entry.update(
+            coherent_rate=_mean(coherent),
+            in_domain=_mean(in_domain),
+            inducing=DATASETS[name].inducing,
+        )
+        out[name] = entry
+    return out
+
+
+def _mean(values: list[float | None]) -> float | None:
+    clean = [v for v in values if v is not None]
+    return sum(clean) / len(clean) if clean else None
