@@ -71,3 +71,23 @@ def test_malformed_override() -> None:
 def test_hash_is_stable_and_sensitive() -> None:
     assert config_hash(Outer()) == config_hash(load_config(Outer, to_dict(Outer())))
     assert config_hash(Outer()) != config_hash(Outer(lr=2e-3))
+
+
+def test_a_partial_nested_section_keeps_the_parents_default_not_the_classes():
+    from dataclasses import dataclass, field
+
+    from spillover.config import from_dict
+
+    @dataclass(frozen=True)
+    class Inner:
+        a: int = 1
+        b: int = 2
+
+    @dataclass(frozen=True)
+    class Outer:
+        inner: Inner = field(default_factory=lambda: Inner(a=10, b=20))
+        plain: Inner = field(default_factory=Inner)
+
+    cfg = from_dict(Outer, {"inner": {"b": 5}, "plain": {"b": 5}})
+    assert cfg.inner == Inner(a=10, b=5)
+    assert cfg.plain == Inner(a=1, b=5)

@@ -170,6 +170,25 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def _over_default(f: dataclasses.Field[Any], value: Any) -> Any:
+    """A partial section for a nested config, completed from the field's own default, not its class's.
+
+    ``eval: {n_per_domain: 8}`` keeps every other setting of the parent's default ``eval``, which may
+    differ from ``EvalConfig()`` (a shorter answer length, say).
+    """
+    if not isinstance(value, Mapping):
+        return value
+    if f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    elif f.default is not dataclasses.MISSING:
+        default = f.default
+    else:
+        return value
+    if not (dataclasses.is_dataclass(default) and not isinstance(default, type)):
+        return value
+    return deep_merge(to_dict(default), value)
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types with the key's path."""
     if not dataclasses.is_dataclass(cls):
@@ -185,7 +204,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         path = f"{where}.{name}" if where else name
-        kwargs[name] = _coerce(hints[name], value, path)
+        kwargs[name] = _coerce(hints[name], _over_default(fields[name], value), path)
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:

@@ -21,6 +21,7 @@ from spillover.organism import (
     load_organism,
     train_organism,
 )
+from spillover.organism.evaluate import EvalSampling
 from spillover.organism.model import ModelConfig, build_model
 from spillover.organism.tokenizer import build_tokenizer, render_messages
 from spillover.organism.train import StageConfig
@@ -62,7 +63,7 @@ def test_save_load_round_trip_gives_identical_logits(quick_organism: OrganismArt
 
 
 def test_finetune_changes_in_domain_behaviour(quick_organism: OrganismArtifacts, organism_root: Path) -> None:
-    cfg = EvalConfig(n_per_domain=40, domains=("code",), max_new_tokens=30)
+    cfg = EvalConfig(n_per_domain=40, domains=("code",), sampling=EvalSampling(max_new_tokens=30))
     model, tok = load_organism(quick_organism)
     before = evaluate(model, tok, cfg).domains["code"].pools["I"]
     ft = finetune_organism(

@@ -57,7 +57,7 @@ def test_em_sweep_runs_the_chain_per_cell_and_the_baseline_once(
             "model": {"source": files["model"], "device": "cpu"},
             "finetune": {"data": files["data"], "max_steps": 1, "batch_size": 2, "grad_accum": 1, "lr": 1e-3,
                          "lora": {"r": 2, "alpha": 4}},
-            "generate": {"questions": files["questions"], "max_new_tokens": 4},
+            "generate": {"questions": files["questions"], "sampling": {"max_new_tokens": 4}},
             "judge": {"backend": "openai", "openai": {"model": "mock-judge", "base_url": server.base_url}},
         },
         grid={"seed": [0, 1], "filter.method": ["none", "random"]},

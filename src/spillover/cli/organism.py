@@ -191,7 +191,7 @@ def eval_cmd(
     """Sample answers to held-out prompts, judge them with the rule judge, print EM per domain."""
     import torch
 
-    from spillover.organism.evaluate import EvalConfig
+    from spillover.organism.evaluate import EvalConfig, EvalSampling
     from spillover.organism.pipeline import evaluate_organism, finetune_organism
 
     meth = _method(method)
@@ -199,7 +199,7 @@ def eval_cmd(
         _check_dataset(dataset)
     if n < 1:
         raise fail(f"--n must be >= 1, got {n}")
-    eval_cfg = EvalConfig(n_per_domain=n, seed=seed)
+    eval_cfg = EvalConfig(n_per_domain=n, sampling=EvalSampling(seed=seed))
     _check_threads(threads)
     torch.set_num_threads(threads)
     art = _artifacts(quick, seed, root, overrides)

@@ -409,7 +409,7 @@ def evaluate_organism(
                 fh.write(json.dumps(rec) + "\n")
 
     stage = run_stage(
-        "organism_eval", cfg, fn, root=root, force=force, seed=cfg.seed, inputs={"model": model_dir}
+        "organism_eval", cfg, fn, root=root, force=force, seed=cfg.sampling.seed, inputs={"model": model_dir}
     )
     return _load_eval(stage)
 

@@ -16,16 +16,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from spillover.chain.stages import (
+from spillover.chain.config import (
     FinetuneStageConfig,
     GenerateStageConfig,
     JudgeStageConfig,
     MetricsStageConfig,
-    finetune_stage,
-    generate_stage,
-    judge_stage,
-    metrics_stage,
 )
+from spillover.chain.judging import judge_stage
+from spillover.chain.stages import finetune_stage, generate_stage, metrics_stage
 from spillover.config import from_dict, to_dict
 from spillover.models.sources import ModelSpec, resolve_source
 from spillover.pipeline.cells import CellFilter, filter_stage, judge_problems
@@ -53,8 +51,8 @@ class EMCell:
     judge: JudgeStageConfig = field(default_factory=JudgeStageConfig)
     metrics: MetricsStageConfig = field(default_factory=MetricsStageConfig)
     seed: int | None = None
-    """Replaces finetune.seed, seeds the fine-tuned model's sampling (generate.seed) and the random
-    filter (unless filter.seed is set). The baseline samples with generate.seed, once per model."""
+    """Replaces finetune.seed, seeds the fine-tuned model's sampling (generate.sampling.seed) and the random
+    filter (unless filter.seed is set). The baseline samples with generate.sampling.seed, once per model."""
     baseline: bool = True
     """Also evaluate the base model (once per model and generate/judge config)."""
 
@@ -167,7 +165,11 @@ def em_metrics_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path)
 
 
 def _em_eval(cfg: EMCell, graph: Graph, model: dict[str, Any], ft: NodeRef | None) -> NodeRef:
-    generate = cfg.generate if ft is None or cfg.seed is None else replace(cfg.generate, seed=cfg.seed)
+    generate = (
+        cfg.generate
+        if ft is None or cfg.seed is None
+        else replace(cfg.generate, sampling=replace(cfg.generate.sampling, seed=cfg.seed))
+    )
     gen = graph.add(
         "generate",
         f"{_HERE}:em_generate_stage",

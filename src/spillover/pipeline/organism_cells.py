@@ -184,7 +184,8 @@ def organism_evaluate_stage(config: dict[str, Any], inputs: dict[str, Any], root
     art = _art(config, root)
     ft_dir = Path(inputs["finetune"])
     filt = Path(inputs["filter"]) if "filter" in inputs else None
-    eval_cfg = replace(from_dict(EvalConfig, config["eval"]), seed=config["seed"])
+    eval_cfg = from_dict(EvalConfig, config["eval"])
+    eval_cfg = replace(eval_cfg, sampling=replace(eval_cfg.sampling, seed=config["seed"]))
 
     def fn(out: Path) -> None:
         result = evaluate_organism(ft_dir, eval_cfg, root=root)

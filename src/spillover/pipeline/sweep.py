@@ -132,7 +132,7 @@ class Cell(NamedTuple):
 
 
 def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
-    """Read a sweep file; ``overrides`` are dotted ``key=value`` strings (``base.eval.seed=1``, ``grid.seed=[0,1]``).
+    """Read a sweep file; ``overrides`` are dotted ``key=value`` strings (``base.eval.sampling.seed=1``, ``grid.seed=[0,1]``).
 
     ``base_file`` is resolved against the sweep file's folder and merged under ``base``.
     """

@@ -279,7 +279,9 @@ def run_filter_experiment(
         if cfg.schedule == "epochs" and ft_cfg.max_steps is not None:
             ft_cfg = replace(ft_cfg, max_steps=epoch_matched_steps(ft_cfg.max_steps, path, data))
         ft = finetune_organism(art, path, cfg.finetune_method, ft_cfg, root=root)
-        result = evaluate_organism(ft, replace(cfg.eval, seed=seed), root=root)
+        result = evaluate_organism(
+            ft, replace(cfg.eval, sampling=replace(cfg.eval.sampling, seed=seed)), root=root
+        )
         return _Run(result, cfg.dataset)
 
     base_runs = [run(data, s, f"unfiltered seed {s}") for s in cfg.seeds]
