@@ -6,7 +6,7 @@ from typing import Literal
 
 import pytest
 
-from spillover.config import ConfigError, config_hash, load_config, parse_overrides, to_dict
+from spillover.config import ConfigError, config_hash, from_dict, load_config, parse_overrides, to_dict
 
 
 @dataclass(frozen=True)
@@ -73,21 +73,19 @@ def test_hash_is_stable_and_sensitive() -> None:
     assert config_hash(Outer()) != config_hash(Outer(lr=2e-3))
 
 
+@dataclass(frozen=True)
+class Section:
+    a: int = 1
+    b: int = 2
+
+
+@dataclass(frozen=True)
+class WithSections:
+    tuned: Section = field(default_factory=lambda: Section(a=10, b=20))
+    plain: Section = field(default_factory=Section)
+
+
 def test_a_partial_nested_section_keeps_the_parents_default_not_the_classes():
-    from dataclasses import dataclass, field
-
-    from spillover.config import from_dict
-
-    @dataclass(frozen=True)
-    class Inner:
-        a: int = 1
-        b: int = 2
-
-    @dataclass(frozen=True)
-    class Outer:
-        inner: Inner = field(default_factory=lambda: Inner(a=10, b=20))
-        plain: Inner = field(default_factory=Inner)
-
-    cfg = from_dict(Outer, {"inner": {"b": 5}, "plain": {"b": 5}})
-    assert cfg.inner == Inner(a=10, b=5)
-    assert cfg.plain == Inner(a=1, b=5)
+    cfg = from_dict(WithSections, {"tuned": {"b": 5}, "plain": {"b": 5}})
+    assert cfg.tuned == Section(a=10, b=5)
+    assert cfg.plain == Section(a=1, b=5)
