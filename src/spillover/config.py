@@ -32,6 +32,7 @@ __all__ = [
     "from_dict",
     "load_config",
     "parse_overrides",
+    "read_yaml_mapping",
     "to_dict",
 ]
 
@@ -211,6 +212,20 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:
         raise ConfigError(f"{cls.__name__}{' at ' + where if where else ''}: {exc}") from exc
 
 
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML config file's top-level mapping (empty for an empty file); errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if loaded is not None and not isinstance(loaded, Mapping):
+        raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+    return dict(loaded or {})
+
+
 def load_config(
     cls: type[T], source: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = ()
 ) -> T:
@@ -223,18 +238,7 @@ def load_config(
     """
     data: dict[str, Any] = {}
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, Mapping):
-            raise ConfigError(f"{path}: the top level must be a mapping of config keys")
-        data = dict(loaded)
+        data = read_yaml_mapping(source)
     elif source is not None:
         data = dict(source)
     data = deep_merge(data, parse_overrides(overrides))

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import typer
 
 from spillover.cli._common import fail
+from spillover.config import read_yaml_mapping
 from spillover.studies.geometry import GeometryRunConfig, run_geometry
 
 app = typer.Typer(
@@ -37,22 +38,6 @@ def _parse_layers(text: str | None) -> tuple[int, ...]:
         return tuple(int(x) for x in text.replace(" ", "").split(",") if x)
     except ValueError:
         raise typer.BadParameter(f"--layers must be comma-separated integers, got {text!r}") from None
-
-
-def _yaml_mapping(path: Path) -> dict[str, Any]:
-    import yaml
-
-    from spillover.config import ConfigError
-
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if loaded is not None and not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of GeometryRunConfig keys")
-    return dict(loaded or {})
 
 
 def _summary(report: dict[str, Any]) -> str:
@@ -157,7 +142,7 @@ def geometry(
         "organism_quick": True if quick else None,
     }
     try:
-        base = _yaml_mapping(config) if config is not None else {}
+        base = read_yaml_mapping(config) if config is not None else {}
         base.update({k: v for k, v in flags.items() if v is not None})
         cfg = load_config(GeometryRunConfig, base, overrides or [])
         stage = run_geometry(cfg, force=force)

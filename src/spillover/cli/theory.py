@@ -41,9 +41,8 @@ def run(
     if ctx.invoked_subcommand is not None:
         return
     import torch
-    import yaml
 
-    from spillover.config import ConfigError, deep_merge, load_config, to_dict
+    from spillover.config import ConfigError, deep_merge, load_config, read_yaml_mapping, to_dict
     from spillover.theory.report import plot_theory
     from spillover.theory.run import TheoryConfig, run_theory
 
@@ -53,15 +52,8 @@ def run(
     base = to_dict(TheoryConfig.quick() if quick else TheoryConfig())
     try:
         if config is not None:
-            if not config.is_file():
-                raise ConfigError(f"config file {config} does not exist")
-            loaded = yaml.safe_load(config.read_text(encoding="utf-8"))
-            if loaded is not None and not isinstance(loaded, dict):
-                raise ConfigError(f"{config}: the top level must be a mapping of TheoryConfig keys")
-            base = deep_merge(base, loaded or {})
+            base = deep_merge(base, read_yaml_mapping(config))
         cfg = load_config(TheoryConfig, base, overrides or [])
-    except yaml.YAMLError as exc:
-        raise fail(f"{config}: not valid YAML: {exc}") from exc
     except ConfigError as exc:
         raise fail(str(exc)) from exc
     results = run_theory(cfg)

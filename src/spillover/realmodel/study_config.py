@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from spillover.config import ConfigError, deep_merge, load_config, to_dict
+from spillover.config import load_config
 from spillover.finetune import FinetuneConfig, LoraSettings
 from spillover.generate.sampling import SamplingConfig
 from spillover.realmodel.analysis import GeometrySettings
@@ -123,24 +121,5 @@ def quick_config(base: StudyConfig | None = None) -> StudyConfig:
 def load_study_config(
     source: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = ()
 ) -> StudyConfig:
-    """The study's config: ``StudyConfig()``'s values, then ``source`` (a YAML file or a dict), then overrides.
-
-    Starting from the defaults means a partial block (``--set dynamics.sampling.max_new_tokens=40``)
-    changes only the keys it names, where ``load_config(StudyConfig, ...)`` would rebuild the block from its
-    class's defaults.
-    """
-    data: Mapping[str, Any] = {}
-    if isinstance(source, Mapping):
-        data = source
-    elif source is not None:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, Mapping):
-            raise ConfigError(f"{path}: the top level must be a mapping of StudyConfig keys")
-        data = loaded or {}
-    return load_config(StudyConfig, deep_merge(to_dict(StudyConfig()), dict(data)), overrides)
+    """The study's config: ``source`` (a YAML file or a dict) over ``StudyConfig()``, then overrides."""
+    return load_config(StudyConfig, source, overrides)
