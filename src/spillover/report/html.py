@@ -36,6 +36,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from spillover.filtering.sets import FILTER_METHODS
 from spillover.report.plots import FIGURES
 
 __all__ = ["load_summary", "render_report", "write_html_report"]
@@ -124,15 +125,7 @@ def _em_table(summary: Mapping[str, Any]) -> str:
     return out
 
 
-_METHOD_ORDER = (
-    "unfiltered",
-    "geometry",
-    "toxic_activation",
-    "toxic_subspace",
-    "persona_projection",
-    "judge",
-    "random",
-)
+_METHOD_ORDER = ("unfiltered", *FILTER_METHODS)
 
 
 def _removed_kinds(entry: Mapping[str, Any]) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from spillover.filtering.sets import FILTER_METHODS
+
 __all__ = ["clean_nans", "geometry_section", "print_summary", "summary_notes"]
 
 
@@ -161,15 +163,7 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
         t = Table(title=f"Filtering {filt.get('dataset')} at {100 * filt.get('fraction', 0):.0f}% removal")
         for col in ("method", "misaligned", "95% CI", "relative reduction", "in-domain"):
             t.add_column(col, justify="left" if col == "method" else "right")
-        for name in (
-            "unfiltered",
-            "geometry",
-            "toxic_activation",
-            "toxic_subspace",
-            "persona_projection",
-            "judge",
-            "random",
-        ):
+        for name in ("unfiltered", *FILTER_METHODS):
             e = filt.get(name)
             if not isinstance(e, dict):
                 continue
