@@ -10,13 +10,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from spillover.chain.checks import check_chain, check_model_source
+from spillover.chain.checks import check_chain
 from spillover.chain.config import load_pipeline_config
 from spillover.cli import app
 from spillover.config import ConfigError
 from spillover.data.chat import write_chat
 from spillover.data.questions import Question, write_questions
-from spillover.models.sources import ModelSpec
+from spillover.models.sources import ModelSpec, check_model_source
 
 PROMPTS = {"aligned": "aligned? {question} -> {answer}", "coherent": "coherent? {question} -> {answer}"}
 

@@ -22,35 +22,9 @@ from spillover.chain.config import (
 )
 from spillover.data.questions import Question
 from spillover.judge.prompts import METRICS
-from spillover.models.sources import ALIASES, ModelSpec, package_gguf
+from spillover.models.sources import check_model_source
 
-__all__ = ["check_chain", "check_generate", "check_judge", "check_model_source"]
-
-
-def check_model_source(spec: ModelSpec, where: str = "model.source") -> None:
-    """Fail when ``spec.source`` names a local file, folder or package that is not there.
-
-    Hub ids are not checked (that needs the network); named sources (``organism``) are built on demand.
-    """
-    source = ALIASES.get(spec.source, spec.source)
-    if not source:
-        raise ValueError(f"{where} is empty; give a hub id, a local folder, gguf:FILE or organism")
-    if source.startswith("package:"):
-        package_gguf(source.removeprefix("package:"))
-        return
-    if source.startswith("gguf:") or source.endswith(".gguf"):
-        path = Path(source.removeprefix("gguf:")).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"{where}: GGUF file {path} does not exist")
-        return
-    if "/" not in source and not source.startswith((".", "~")):
-        return  # a named source or a bare hub id
-    path = Path(source).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{where}: {path} is not a model folder (no config.json)")
-    elif source.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"{where}: model folder {source} does not exist")
+__all__ = ["check_chain", "check_generate", "check_judge"]
 
 
 def check_generate(cfg: GenerateStageConfig) -> list[Question]:

@@ -43,8 +43,9 @@ def generate_command(
     ] = None,
 ) -> None:
     """Run (or reuse) the generate stage."""
-    from spillover.chain.checks import check_generate, check_model_source
+    from spillover.chain.checks import check_generate
     from spillover.chain.stages import generate_stage, run_chain
+    from spillover.models.sources import check_model_source
 
     cfg = load_cli_config(config, overrides)
 

@@ -35,6 +35,7 @@ __all__ = [
     "ALIASES",
     "LoadedModel",
     "ModelSpec",
+    "check_model_source",
     "convert_gguf",
     "load_model",
     "package_gguf",
@@ -139,6 +140,32 @@ def convert_gguf(gguf: Path, out_dir: Path | None = None) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
     return out
+
+
+def check_model_source(spec: ModelSpec, where: str = "model.source") -> None:
+    """Fail when ``spec.source`` names a local file, folder or package that is not there.
+
+    Hub ids are not checked (that needs the network); named sources (``organism``) are built on demand.
+    """
+    source = ALIASES.get(spec.source, spec.source)
+    if not source:
+        raise ValueError(f"{where} is empty; give a hub id, a local folder, gguf:FILE or organism")
+    if source.startswith("package:"):
+        package_gguf(source.removeprefix("package:"))
+        return
+    if source.startswith("gguf:") or source.endswith(".gguf"):
+        path = Path(source.removeprefix("gguf:")).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{where}: GGUF file {path} does not exist")
+        return
+    if "/" not in source and not source.startswith((".", "~")):
+        return  # a named source or a bare hub id
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{where}: {path} is not a model folder (no config.json)")
+    elif source.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{where}: model folder {source} does not exist")
 
 
 def resolve_source(source: str) -> str:
