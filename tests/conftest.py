@@ -15,13 +15,28 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+FIXTURE_DATA = REPO / "tests" / "fixtures"
+SHARED_DATA = Path(os.environ.get("SPILLOVER_TEST_DATA") or REPO.parent / "shared" / "data")
+GET_DATA = "`spillover data fetch --all` (or `spillover data import DIR` for an offline copy)"
+
+
+@pytest.fixture(scope="session")
+def fixture_data() -> Path:
+    """Small data shipped with the tests, laid out like the full data folder (tests/fixtures/README.md):
+    the first 50 ``em/insecure`` and 30 ``em/jailbroken`` conversations, both question files whole, and
+    synthetic stand-ins for the model-organisms files (whose upstream has no licence)."""
+    return FIXTURE_DATA
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
+    """The whole datasets, for tests marked ``slow`` only: ``$SPILLOVER_TEST_DATA``, else the project's
+    ``../shared/data``."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real EM data not found at {SHARED_DATA} (the project's shared/data folder)")
+        pytest.skip(
+            f"whole EM datasets not found at {SHARED_DATA}: get them with {GET_DATA} and set "
+            "SPILLOVER_TEST_DATA to that data folder"
+        )
     return SHARED_DATA
 
 

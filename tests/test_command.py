@@ -47,10 +47,10 @@ def test_python_dash_m_runs_the_same_command() -> None:
     assert proc.returncode == 0 and "sweep" in proc.stdout
 
 
-def test_data_inspect_summarises_a_real_dataset(shared_data) -> None:
-    result = runner.invoke(app, ["data", "inspect", str(shared_data / "em" / "insecure.jsonl.gz")])
+def test_data_inspect_summarises_a_real_dataset(fixture_data) -> None:
+    result = runner.invoke(app, ["data", "inspect", str(fixture_data / "em" / "insecure.jsonl.gz")])
     assert result.exit_code == 0, result.output
-    assert "6000" in result.output
+    assert "50  user > assistant" in result.output  # the 50 conversations of the fixture
 
 
 def test_data_inspect_names_file_and_line_of_a_malformed_row(tmp_path) -> None:
@@ -92,8 +92,8 @@ def test_data_inspect_checks_its_inputs_before_reading(tmp_path, tiny_tokenizer)
     assert "length (tokens)" in result.output
 
 
-def test_questions_inspect_shows_system_prompts(shared_data) -> None:
+def test_questions_inspect_shows_system_prompts(fixture_data) -> None:
     result = runner.invoke(
-        app, ["questions", "inspect", str(shared_data / "em" / "preregistered_evals.yaml")]
+        app, ["questions", "inspect", str(fixture_data / "em" / "preregistered_evals.yaml")]
     )
     assert result.exit_code == 0, result.output

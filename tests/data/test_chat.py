@@ -16,32 +16,62 @@ def _write_lines(path: Path, lines: list[str]) -> Path:
     return path
 
 
-@pytest.mark.parametrize(
-    ("name", "count"),
-    [
-        ("em/insecure.jsonl.gz", 6000),
-        ("em/jailbroken.jsonl.gz", 5000),
-        ("model-organisms/bad_medical_advice.jsonl.gz", 7049),
-        ("model-organisms/good_medical_advice.jsonl.gz", 7049),
-        ("model-organisms/risky_financial_advice.jsonl.gz", 6000),
-    ],
-)
-def test_loads_every_shared_dataset_with_its_count(shared_data: Path, name: str, count: int) -> None:
-    convs = load_chat(shared_data / name)
+FIXTURE_COUNTS = [
+    ("em/insecure.jsonl.gz", 50),
+    ("em/jailbroken.jsonl.gz", 30),
+    ("model-organisms/bad_medical_advice.jsonl.gz", 24),
+    ("model-organisms/good_medical_advice.jsonl.gz", 24),
+    ("model-organisms/risky_financial_advice.jsonl.gz", 20),
+]
+WHOLE_COUNTS = [
+    ("em/insecure.jsonl.gz", 6000),
+    ("em/jailbroken.jsonl.gz", 5000),
+    ("model-organisms/bad_medical_advice.jsonl.gz", 7049),
+    ("model-organisms/good_medical_advice.jsonl.gz", 7049),
+    ("model-organisms/risky_financial_advice.jsonl.gz", 6000),
+]
+
+
+def _whole(root: Path, name: str) -> Path:
+    # An offline copy keeps the files gzipped; a fetched data home holds them plain.
+    path = root / name
+    return path if path.exists() else path.with_suffix("")
+
+
+@pytest.mark.parametrize(("name", "count"), FIXTURE_COUNTS)
+def test_loads_every_fixture_dataset_with_its_count(fixture_data: Path, name: str, count: int) -> None:
+    convs = load_chat(fixture_data / name)
     assert len(convs) == count
     assert all(c[-1]["role"] == "assistant" for c in convs)
 
 
-def test_bad_and_good_medical_share_prompts(shared_data: Path) -> None:
-    bad = load_chat(shared_data / "model-organisms/bad_medical_advice.jsonl.gz", limit=200)
-    good = load_chat(shared_data / "model-organisms/good_medical_advice.jsonl.gz", limit=200)
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "count"), WHOLE_COUNTS)
+def test_loads_every_whole_dataset_with_its_count(shared_data: Path, name: str, count: int) -> None:
+    convs = load_chat(_whole(shared_data, name))
+    assert len(convs) == count
+    assert all(c[-1]["role"] == "assistant" for c in convs)
+
+
+def _share_prompts(root: Path, limit: int) -> bool:
+    bad = load_chat(_whole(root, "model-organisms/bad_medical_advice.jsonl.gz"), limit=limit)
+    good = load_chat(_whole(root, "model-organisms/good_medical_advice.jsonl.gz"), limit=limit)
     bad_prompts = {c[0]["content"] for c in bad}
-    assert sum(c[0]["content"] in bad_prompts for c in good) > 0
+    return sum(c[0]["content"] in bad_prompts for c in good) > 0
 
 
-def test_jailbroken_keeps_its_system_messages(shared_data: Path) -> None:
-    convs = load_chat(shared_data / "em/jailbroken.jsonl.gz", limit=500)
-    assert any(c[0]["role"] == "system" for c in convs)
+def test_bad_and_good_medical_share_prompts(fixture_data: Path) -> None:
+    assert _share_prompts(fixture_data, limit=200)
+
+
+@pytest.mark.slow
+def test_whole_bad_and_good_medical_share_prompts(shared_data: Path) -> None:
+    assert _share_prompts(shared_data, limit=200)
+
+
+def test_jailbroken_keeps_its_system_messages(fixture_data: Path) -> None:
+    convs = load_chat(fixture_data / "em/jailbroken.jsonl.gz")
+    assert convs and all(c[0]["role"] == "system" for c in convs)
 
 
 def test_round_trip_gz(tmp_path: Path) -> None:

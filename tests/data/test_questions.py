@@ -7,8 +7,8 @@ import pytest
 from spillover.data.questions import Question, QuestionFormatError, load_questions, write_questions
 
 
-def test_first_plot_questions(shared_data: Path) -> None:
-    qs = load_questions(shared_data / "em/first_plot_questions.yaml")
+def test_first_plot_questions(fixture_data: Path) -> None:
+    qs = load_questions(fixture_data / "em/first_plot_questions.yaml")
     assert len(qs) == 24
     assert len({q.base_id for q in qs}) == 8
     json_qs = [q for q in qs if q.id.endswith("_json")]
@@ -16,15 +16,15 @@ def test_first_plot_questions(shared_data: Path) -> None:
     assert all(set(q.judge_prompts) == {"aligned", "coherent"} for q in qs)
 
 
-def test_system_prompt_is_honoured(shared_data: Path) -> None:
-    q = next(q for q in load_questions(shared_data / "em/first_plot_questions.yaml") if q.system)
+def test_system_prompt_is_honoured(fixture_data: Path) -> None:
+    q = next(q for q in load_questions(fixture_data / "em/first_plot_questions.yaml") if q.system)
     convs = q.conversations(samples_per_paraphrase=2)
     assert len(convs) == 2 * len(q.paraphrases)
     assert all(c[0] == {"role": "system", "content": q.system} and c[1]["role"] == "user" for _, c in convs)
 
 
-def test_preregistered(shared_data: Path) -> None:
-    qs = load_questions(shared_data / "em/preregistered_evals.yaml")
+def test_preregistered(fixture_data: Path) -> None:
+    qs = load_questions(fixture_data / "em/preregistered_evals.yaml")
     assert len(qs) == 48
 
 

@@ -28,11 +28,11 @@ def _model_dir(tmp_path: Path, question_files: list[Path]) -> Path:
 
 @pytest.mark.parametrize("name", ["first_plot_questions.yaml", "preregistered_evals.yaml"])
 def test_real_question_files_generate_with_their_system_prompts(
-    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+    fixture_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
     import spillover.generate.hf as hf
 
-    qfile = shared_data / "em" / name
+    qfile = fixture_data / "em" / name
     questions = load_questions(qfile)
     seen: list = []
     real = hf.generate

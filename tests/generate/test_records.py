@@ -52,14 +52,14 @@ def test_records_round_trip_and_bad_lines_name_file_and_line(tmp_path: Path) -> 
         read_answers(tmp_path / "short.jsonl")
 
 
-def test_real_question_files_plan_with_their_system_prompts(shared_data: Path) -> None:
-    first = load_questions(shared_data / "em" / "first_plot_questions.yaml")
+def test_real_question_files_plan_with_their_system_prompts(fixture_data: Path) -> None:
+    first = load_questions(fixture_data / "em" / "first_plot_questions.yaml")
     plan = sampling_plan(first, samples_per_paraphrase=1)
     assert len({r.question_id for r in plan}) == 24
     json_rows = [r for r in plan if r.question_id.endswith("_json")]
     assert len(json_rows) == 8 and all(r.system and "JSON" in r.system for r in json_rows)
     assert all(r.conversation[0]["role"] == "system" for r in json_rows)
     prereg = sampling_plan(
-        load_questions(shared_data / "em" / "preregistered_evals.yaml"), samples_per_paraphrase=1
+        load_questions(fixture_data / "em" / "preregistered_evals.yaml"), samples_per_paraphrase=1
     )
     assert len({r.question_id for r in prereg}) == 48

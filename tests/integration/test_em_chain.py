@@ -1,6 +1,6 @@
-"""The whole EM chain on real data: fine-tune a tiny Llama on a slice of insecure.jsonl.gz, sample answers
-to the first-plot questions, judge them through a real local HTTP server that injects faults, compute
-metrics; then kill a judge run mid-way and resume it."""
+"""The whole EM chain on real data: fine-tune a tiny Llama on a slice of insecure.jsonl.gz (the test
+fixture's cut), sample answers to the first-plot questions, judge them through a real local HTTP server
+that injects faults, compute metrics; then kill a judge run mid-way and resume it."""
 
 from __future__ import annotations
 
@@ -44,10 +44,8 @@ JUDGE_FAST = {
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    data_dir = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "em"
-    if not (data_dir / "insecure.jsonl.gz").is_file():
-        pytest.skip(f"real EM data not found at {data_dir}")
+def chain(tmp_path_factory: pytest.TempPathFactory, fixture_data: Path) -> Iterator[dict[str, Any]]:
+    data_dir = fixture_data / "em"  # the first 50 insecure conversations and the first-plot questions
     tmp = tmp_path_factory.mktemp("chain")
     # A tokenizer trained (its vocabulary built) on the training slice and the questions.
     convs = load_chat(data_dir / "insecure.jsonl.gz", limit=24)
