@@ -6,6 +6,7 @@
     spillover judge -c chain.yaml --set judge.backend=local --set judge.local.model.source=/models/judge
     spillover judge rescore RUNS/judge/def456 --min-mass 0.5         # recompute from stored logprobs
     spillover judge mock-server --latency 0.05 --fault-rate 0.1      # a local fake endpoint for dry runs
+    spillover judge validate --against eval.csv.gz --questions first_plot_questions.yaml -c chain.yaml
 
 Finished calls are cached under <root>/judge-cache/, so a killed run resumes where it stopped and
 ``--force`` re-judges only what is not cached (e.g. calls that failed). Prints the run folder.
@@ -93,6 +94,99 @@ def rescore_command(
         return rescore_stage(scores, min_mass=min_mass, root=root, force=force)
 
     echo_path(run_reporting(run))
+
+
+def print_validation(path: Path, source: str | None = None) -> None:
+    """A table of a validation.json (reference = the CSV's scores, candidate = the configured judge)."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    data = json.loads((path / "validation.json").read_text())
+
+    def num(value: float | None, fmt: str = ".3f") -> str:
+        return "-" if value is None else format(value, fmt)
+
+    def rate(r: dict[str, object]) -> str:
+        value = r["rate"]
+        return "-" if not isinstance(value, float | int) else f"{100 * value:.1f}% ({r['k']}/{r['n']})"
+
+    table = Table(title=f"judge agreement ({data['n_answers']} answers){chr(10) + source if source else ''}")
+    for col in ("judge", "EM rate (scored)", "EM rate (of all)", "no aligned", "no coherent"):
+        table.add_column(col)
+    for who in ("reference", "candidate"):
+        s = data[who]
+        table.add_row(
+            who,
+            rate(s["em_rate"]),
+            rate(s["em_rate_of_all"]),
+            f"{100 * s['unscored']['aligned']:.1f}%",
+            f"{100 * s['unscored']['coherent']:.1f}%",
+        )
+    console = Console(stderr=True)
+    console.print(table)
+    rho = ", ".join(f"{m} {num(c['rho'])} (n={c['n']})" for m, c in data["spearman"].items())
+    lab = data["label"]
+    console.print(f"Spearman: {rho}")
+    console.print(
+        f"misaligned label (n={lab['n']}, {lab['n_positive']} by the reference): AUROC {num(lab['auroc'])}, "
+        f"F1 {num(lab['f1'])}, precision {num(lab['precision'])}, recall {num(lab['recall'])}"
+    )
+
+
+@app.command("validate")
+def validate_command(
+    against: Annotated[
+        Path,
+        typer.Option(
+            "--against",
+            help="A judged-answer CSV (.csv/.csv.gz: question, answer or response, question_id, aligned, "
+            "coherent) whose stored scores are the reference.",
+        ),
+    ],
+    questions: Annotated[
+        Path | None,
+        typer.Option(
+            "--questions",
+            help="Question YAML with judge prompts for the CSV's question ids (default: the config's "
+            "generate.questions when that file exists; judge.prompts_file serves questions it lacks).",
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    root: RootOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Score a judged CSV's answers with the configured judge; report agreement with its stored scores.
+
+    Writes validation.json (Spearman per metric, AUROC and F1 of the misaligned label, the EM rate under
+    each judge, the share each leaves unscored) and the new scores (scores.jsonl); prints the folder.
+    """
+    from spillover.chain.validate import validate_stage
+
+    quiet_http_logs()
+    cfg = load_cli_config(config, overrides)
+    if questions is not None and not questions.is_file():
+        raise fail(f"--questions: question file {str(questions)!r} does not exist")
+    configured = cfg.generate.questions
+    question_file = questions or (Path(configured) if configured and Path(configured).is_file() else None)
+    if not against.is_file():
+        raise fail(f"--against {against}: no such file")
+
+    def run() -> Path:
+        return validate_stage(
+            cfg.judge,
+            cfg.metrics,
+            against=against,
+            questions=question_file,
+            root=root or cfg.root,
+            force=force,
+        )
+
+    path = run_reporting(run)
+    print_validation(path, str(against))
+    echo_path(path)
 
 
 @app.command("mock-server")

@@ -2,10 +2,11 @@
 
     spillover metrics --config chain.yaml                          # runs every stage it needs
     spillover metrics -c chain.yaml --scores RUNS/rescore/abc123   # metrics of existing scores
+    spillover metrics --scores eval_a.csv --scores eval_b.csv.gz    # judged CSVs of the EM/organisms repos
     spillover metrics -c chain.yaml --set metrics.group_by=base_id
 
-Prints a table to stderr and the run folder (metrics.json) to stdout. Answers without a score are
-counted (judge failure vs. too little numeric mass), never coerced to a number.
+Prints a table to stderr and the run folder (metrics.json) to stdout, one per ``--scores``. Answers
+without a score are counted (judge failure vs. too little numeric mass), never coerced to a number.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from spillover.cli._common import (
     RootOpt,
     SetOpt,
     echo_path,
+    fail,
     load_cli_config,
     quiet_http_logs,
     run_reporting,
@@ -44,15 +46,14 @@ def _mean(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def print_metrics(path: Path) -> None:
-    """A table of a metrics.json (per question and pooled) on stderr."""
+def print_metrics(path: Path, source: str | None = None) -> None:
+    """A table of a metrics.json (per question and pooled) on stderr; ``source`` names its input."""
     from rich.console import Console
     from rich.table import Table
 
     data = json.loads((path / "metrics.json").read_text())
-    table = Table(
-        title=f"EM metrics (aligned < {data['threshold']:g} and coherent > {data['coherent_min']:g})"
-    )
+    title = f"EM metrics (aligned < {data['threshold']:g} and coherent > {data['coherent_min']:g})"
+    table = Table(title=f"{title}\n{source}" if source else title)
     for col in (
         "question",
         "answers",
@@ -61,10 +62,12 @@ def print_metrics(path: Path) -> None:
         "coherent",
         "misaligned",
         "misaligned of coherent",
+        "misaligned of all",
     ):
         table.add_column(col)
     rows = [*data["per_question"].items(), ("POOLED", data["pooled"])]
     for name, g in rows:
+        of_all = g.get("misaligned_of_all")  # absent from metrics.json written before it existed
         table.add_row(
             name,
             str(g["n_answers"]),
@@ -73,12 +76,21 @@ def print_metrics(path: Path) -> None:
             _mean(g["mean_coherent"]),
             _rate(g["misaligned"]),
             _rate(g["misaligned_of_coherent"]),
+            "-" if of_all is None else _rate(of_all),
         )
     console = Console(stderr=True)
     console.print(table)
+    summaries = data["pooled"].get("scores", {})
+    if summaries:
+        parts = [f"{name} {_mean(s['mean'])} (n={s['n']})" for name, s in summaries.items()]
+        console.print("pooled mean score, missing values skipped per column: " + ", ".join(parts))
     reasons = data.get("none_reasons", {})
     if any(reasons.get(m) for m in reasons):
         console.print(f"no score, by reason: {json.dumps(reasons)}")
+
+
+def _is_csv(path: Path) -> bool:
+    return path.name.endswith((".csv", ".csv.gz"))
 
 
 @app.callback(invoke_without_command=True)
@@ -88,26 +100,49 @@ def metrics_command(
     root: RootOpt = None,
     force: ForceOpt = False,
     scores: Annotated[
-        Path | None,
+        list[Path] | None,
         typer.Option(
-            "--scores", help="Use this judge/rescore folder (scores.jsonl) instead of running the chain."
+            "--scores",
+            help="Instead of running the chain: a judge/rescore folder (scores.jsonl), or a judged-answer "
+            "CSV (.csv/.csv.gz: question, answer or response, question_id, aligned, coherent). Repeatable.",
         ),
     ] = None,
 ) -> None:
     """Run (or reuse) the metrics stage."""
+    from spillover.chain.imported import csv_metrics_stage
     from spillover.chain.stages import metrics_stage, run_chain
 
     quiet_http_logs()
     cfg = load_cli_config(config, overrides)
+    if not scores:
 
-    def run() -> Path | None:
-        if scores is not None:
-            if not (scores / "scores.jsonl").is_file():
-                raise FileNotFoundError(f"--scores {scores} has no scores.jsonl")
-            return metrics_stage(cfg.metrics, scores_dir=scores, root=root or cfg.root, force=force)
-        return run_chain(cfg, until="metrics", root=root, force={"metrics"} if force else ()).metrics
+        def run_all() -> Path | None:
+            return run_chain(cfg, until="metrics", root=root, force={"metrics"} if force else ()).metrics
 
-    path = run_reporting(run)
-    if path is not None:
-        print_metrics(path)
-    echo_path(path)
+        path = run_reporting(run_all)
+        if path is not None:
+            print_metrics(path)
+        echo_path(path)
+        return
+    for given in scores:  # every input checked before any is computed
+        if not (_is_csv(given) and given.is_file()) and not (given / "scores.jsonl").is_file():
+            raise fail(f"--scores {given}: neither a .csv/.csv.gz file nor a folder with scores.jsonl")
+
+    def run() -> list[Path]:
+        from spillover.data.judged import read_judged_csv
+
+        for s in scores:  # a malformed CSV fails before any folder is written
+            if _is_csv(s):
+                read_judged_csv(s)
+        return [
+            csv_metrics_stage(cfg.metrics, csv_path=s, root=root or cfg.root, force=force)
+            if _is_csv(s)
+            else metrics_stage(cfg.metrics, scores_dir=s, root=root or cfg.root, force=force)
+            for s in scores
+        ]
+
+    paths = run_reporting(run)
+    for given, path in zip(scores, paths, strict=True):
+        print_metrics(path, str(given))
+    for path in paths:
+        echo_path(path)
