@@ -60,7 +60,9 @@ STAGE_VERSIONS: dict[str, int] = {
     "dynamics": 2,
     # metrics 2: rate intervals from the Jeffreys posterior (before: [0, 0] when no answer was misaligned);
     # computing them exactly later removed n_boot and seed from its config, which changes the hash by itself.
-    "metrics": 2,
+    # metrics 3: metrics.json gains misaligned_of_all (unscored answers in the denominator) and per-column
+    # score means.
+    "metrics": 3,
 }
 """Code version per stage name, 1 when absent: bump it when a change alters a stage's outputs for the same
 config and inputs. Version 1 leaves the hash as it was before versions existed (no cache is invalidated)."""

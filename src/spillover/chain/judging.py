@@ -29,6 +29,7 @@ __all__ = [
     "build_judge",
     "judge_cache_path",
     "judge_items",
+    "judge_identity",
     "judge_stage",
     "load_prompt_file",
     "none_reasons",
@@ -58,7 +59,7 @@ def build_judge(cfg: JudgeStageConfig, *, cache: Any = None) -> Judge:
     return get_judge(cfg.backend, **cfg.options)
 
 
-def _judge_identity(cfg: JudgeStageConfig, judge: Judge | None) -> dict[str, Any]:
+def judge_identity(cfg: JudgeStageConfig, judge: Judge | None) -> dict[str, Any]:
     """The part of the judge config that changes scores (operational settings of other backends excluded)."""
     ident: dict[str, Any] = {
         "backend": cfg.backend,
@@ -166,7 +167,7 @@ def judge_stage(
         m: sorted({prompt_hash(it.judge_prompts[m]) for it in items if m in it.judge_prompts})
         for m in METRICS
     }
-    ident = _judge_identity(cfg, judge)
+    ident = judge_identity(cfg, judge)
     inputs: dict[str, Any] = {"answers": answers_dir}
     if cfg.prompts_file:
         inputs["prompts_file"] = Path(cfg.prompts_file)

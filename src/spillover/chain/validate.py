@@ -23,9 +23,9 @@ from spillover.chain._files import run_root, write_json
 from spillover.chain.checks import check_judge
 from spillover.chain.config import JudgeStageConfig, MetricsStageConfig
 from spillover.chain.judging import (
-    _judge_identity,
     build_judge,
     judge_cache_path,
+    judge_identity,
     load_prompt_file,
     none_reasons,
 )
@@ -124,7 +124,7 @@ def validate_stage(
     return run_stage(
         "judge_validate",
         {
-            "judge": _judge_identity(cfg, judge),
+            "judge": judge_identity(cfg, judge),
             "threshold": metrics.threshold,
             "coherent_min": metrics.coherent_min,
         },
