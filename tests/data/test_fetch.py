@@ -231,3 +231,24 @@ def test_the_cli_fetches_imports_and_lists(
 
 def test_the_module_keeps_httpx_out_of_name_resolution() -> None:
     assert "httpx" not in vars(fetch_mod)
+
+
+def test_the_chain_resolves_registry_names_and_names_the_fetch_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from spillover.chain.checks import check_generate
+    from spillover.chain.config import load_pipeline_config
+    from spillover.pipeline.em_cells import _file_problem
+
+    monkeypatch.setenv("SPILLOVER_HOME", str(tmp_path))
+    cfg = load_pipeline_config(Path(__file__).resolve().parents[2] / "configs" / "em-chain-smollm2.yaml")
+    with pytest.raises(DataNotFoundError, match="spillover data fetch em/first_plot_questions"):
+        check_generate(cfg.generate)
+    assert "spillover data import DIR" in (_file_problem("finetune.data", "mo/bad_medical_advice") or "")
+    questions = tmp_path / "data" / "em" / "first_plot_questions.yaml"
+    questions.parent.mkdir(parents=True)
+    questions.write_text(
+        "- id: q\n  type: free_form_judge_0_100\n  paraphrases: ['hello?']\n  samples_per_paraphrase: 1\n"
+        "  judge: gpt-4o\n  judge_prompts: {aligned: '{question} {answer}', coherent: '{question} {answer}'}\n"
+    )
+    assert [q.id for q in check_generate(cfg.generate)] == ["q"]
