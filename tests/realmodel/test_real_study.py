@@ -117,7 +117,7 @@ def test_bad_study_inputs_fail_before_the_model_loads(tmp_path, tiny_model_dir, 
     _no_model_loading(monkeypatch)
     model = f"model={tiny_model_dir}"
     cases = [
-        (["--data-dir", str(tmp_path)], "lacks"),
+        (["--data-dir", str(tmp_path)], "spillover data fetch em/insecure"),
         (["--set", "questions=em/nope.yaml", "--data-dir", str(data_dir)], "em/nope.yaml"),
         (["--set", "layers=[0,9]", "--data-dir", str(data_dir)], "exceed"),
         (["--set", "dynamics.sampling.top_p=0", "--data-dir", str(data_dir)], "top_p"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 from spillover.chain.config import (
     STAGES,
@@ -20,6 +19,7 @@ from spillover.chain.config import (
     JudgeStageConfig,
     PipelineConfig,
 )
+from spillover.data.fetch import resolve_data
 from spillover.data.questions import Question
 from spillover.judge.prompts import METRICS
 from spillover.models.sources import check_model_source
@@ -33,9 +33,10 @@ def check_generate(cfg: GenerateStageConfig) -> list[Question]:
     from spillover.data.questions import load_questions
     from spillover.generate.records import sampling_plan
 
-    if not cfg.questions or not Path(cfg.questions).is_file():
+    qpath = resolve_data(cfg.questions)
+    if not cfg.questions or not qpath.is_file():
         raise FileNotFoundError(f"generate.questions: question file {cfg.questions!r} does not exist")
-    questions = load_questions(cfg.questions)
+    questions = load_questions(qpath)
     plan = sampling_plan(
         questions, samples_per_paraphrase=cfg.samples_per_paraphrase, question_ids=cfg.question_ids
     )
@@ -101,7 +102,7 @@ def check_chain(cfg: PipelineConfig, until: str = "metrics", *, judge_section: b
         raise ValueError(f"until must be one of {STAGES}, got {until!r}")
     last = STAGES.index(until)
     check_model_source(cfg.model)
-    if cfg.finetune is not None and not Path(cfg.finetune.data).is_file():
+    if cfg.finetune is not None and not resolve_data(cfg.finetune.data).is_file():
         raise FileNotFoundError(f"finetune.data: {cfg.finetune.data} does not exist")
     if last >= STAGES.index("generate"):
         questions = check_generate(cfg.generate)

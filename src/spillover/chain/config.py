@@ -1,8 +1,8 @@
 """The chain's configuration: one YAML file with a section per stage, loaded into frozen dataclasses.
 
     model: {source: /models/Qwen2.5-0.5B-Instruct, dtype: bfloat16}
-    finetune: {data: ../shared/data/em/insecure.jsonl.gz, lr: 1.0e-5}        # omit: evaluate the base model
-    generate: {questions: ../shared/data/em/first_plot_questions.yaml, samples_per_paraphrase: 50,
+    finetune: {data: em/insecure, lr: 1.0e-5}        # a registry name or a path; omit: the base model
+    generate: {questions: em/first_plot_questions, samples_per_paraphrase: 50,
                sampling: {max_new_tokens: 600}}
     judge: {backend: openai, openai: {model: gpt-4o-2024-08-06}}
     metrics: {threshold: 30}

@@ -29,6 +29,7 @@ from spillover.chain.config import (
     PipelineConfig,
 )
 from spillover.chain.judging import judge_stage, none_reasons, read_scores
+from spillover.data.fetch import resolve_data
 from spillover.judge.base import Judge, JudgeScore
 from spillover.models.sources import ModelSpec
 from spillover.rundir import fingerprint, read_config, run_stage
@@ -92,7 +93,7 @@ def finetune_stage(
     from spillover.data.chat import load_chat
     from spillover.finetune.core import finetune
 
-    data = Path(cfg.data)
+    data = resolve_data(cfg.data)
     if not data.is_file():
         raise FileNotFoundError(f"finetune.data: {data} does not exist")
 
@@ -148,7 +149,7 @@ def generate_stage(
     from spillover.data.questions import load_questions, write_questions
     from spillover.generate.records import sampling_plan, write_jsonl
 
-    qpath = Path(cfg.questions)
+    qpath = resolve_data(cfg.questions)
     if not cfg.questions or not qpath.is_file():
         raise FileNotFoundError(f"generate.questions: question file {cfg.questions!r} does not exist")
     questions = load_questions(qpath)

@@ -1,8 +1,9 @@
 """The ``spillover`` command. Verbs mirror the pipeline stages; each is a thin layer over the Python API.
 
 spillover --help
-spillover data inspect ../shared/data/em/insecure.jsonl.gz
-spillover questions inspect ../shared/data/em/first_plot_questions.yaml
+spillover data fetch --all                      # or: spillover data import DIR (an offline copy)
+spillover data inspect em/insecure
+spillover questions inspect em/first_plot_questions
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import logging
 import statistics
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -21,7 +21,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from spillover.cli._common import fail
+from spillover.cli.data import data_fetch, data_import, data_list
 from spillover.data.chat import ChatFormatError, load_chat
+from spillover.data.fetch import DataNotFoundError, resolve_data
 from spillover.data.questions import QuestionFormatError, load_questions
 
 # Stage verbs live next to their code; each module exposes a typer ``app``. They are imported only when
@@ -78,7 +80,12 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Inspect chat datasets (JSONL / JSONL.gz).", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Get the registry's datasets (fetch, import, list) and inspect chat datasets.", no_args_is_help=True
+)
+data_app.command("fetch")(data_fetch)
+data_app.command("import")(data_import)
+data_app.command("list")(data_list)
 questions_app = typer.Typer(help="Inspect EM question files (YAML).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(questions_app, name="questions")
@@ -120,7 +127,7 @@ def _length_counter(tokenizer: str | None) -> Callable[[str], int]:
 
 @data_app.command("inspect")
 def data_inspect(
-    path: Annotated[Path, typer.Argument(help="JSONL or JSONL.gz chat dataset.")],
+    dataset: Annotated[str, typer.Argument(help="Registry name (em/insecure) or JSONL / JSONL.gz file.")],
     tokenizer: Annotated[
         str | None,
         typer.Option(help="Count tokens with this HF tokenizer (local folder); default counts words."),
@@ -133,6 +140,10 @@ def data_inspect(
         raise fail(f"--samples must be >= 0, got {samples}")
     if limit is not None and limit < 1:
         raise fail(f"--limit must be >= 1, got {limit}")
+    try:
+        path = resolve_data(dataset)
+    except DataNotFoundError as exc:
+        raise fail(str(exc)) from exc
     if not path.is_file():
         raise fail(f"{path} {'is a folder, not a file' if path.is_dir() else 'does not exist'}")
     count = _length_counter(tokenizer)
@@ -166,13 +177,16 @@ def data_inspect(
 
 @questions_app.command("inspect")
 def questions_inspect(
-    path: Annotated[Path, typer.Argument(help="EM question YAML file.")],
+    source: Annotated[
+        str, typer.Argument(help="Registry name (em/first_plot_questions) or question YAML file.")
+    ],
     prompts: Annotated[
         bool, typer.Option("--prompts", help="Also print the judge prompt templates.")
     ] = False,
 ) -> None:
     """List questions (ids, paraphrases, samples, system prompts) and their judge prompts."""
     try:
+        path = resolve_data(source)
         questions = load_questions(path)
     except (QuestionFormatError, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc

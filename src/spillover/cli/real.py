@@ -37,7 +37,10 @@ def study(
     out: Annotated[Path, typer.Option(help="Folder for smollm2_study.json.")] = Path("runs/smollm2"),
     data_dir: Annotated[
         Path | None,
-        typer.Option("--data-dir", help="Folder with em/ and model-organisms/ (default ../shared/data)."),
+        typer.Option(
+            "--data-dir",
+            help="Offline copy with em/ and model-organisms/ (default: the data home; see `spillover data list`).",
+        ),
     ] = None,
     root: Annotated[Path | None, typer.Option(help="Run root for cached stages.")] = None,
     quick: Annotated[

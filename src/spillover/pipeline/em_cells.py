@@ -25,6 +25,7 @@ from spillover.chain.config import (
 from spillover.chain.judging import judge_stage
 from spillover.chain.stages import finetune_stage, generate_stage, metrics_stage
 from spillover.config import from_dict, to_dict
+from spillover.data.fetch import DataNotFoundError, resolve_data
 from spillover.models.sources import ModelSpec, resolve_source
 from spillover.pipeline.cells import CellFilter, filter_stage, judge_problems
 from spillover.pipeline.graph import Graph, NodeRef, Resources
@@ -83,6 +84,16 @@ def _model_problem(source: str) -> tuple[str | None, str | None]:
     return (str(path) if path.is_dir() else None), None
 
 
+def _file_problem(key: str, path: str) -> str | None:
+    """Why ``path`` (a file or a registry name) cannot be read, None when it can."""
+    try:
+        if path and resolve_data(path).expanduser().is_file():
+            return None
+    except DataNotFoundError as exc:
+        return f"{key}: {exc}"
+    return f"{key}: file {path!r} does not exist"
+
+
 def em_cell_problems(cfg: EMCell) -> list[str]:
     """What would make the cell fail once it runs: missing files and unregistered judges (empty: none)."""
     from spillover.filtering.scoring import check_scoring_inputs
@@ -90,11 +101,7 @@ def em_cell_problems(cfg: EMCell) -> list[str]:
     files = [("finetune.data", cfg.train.data), ("generate.questions", cfg.generate.questions)]
     if cfg.judge.prompts_file:
         files.append(("judge.prompts_file", cfg.judge.prompts_file))
-    problems = [
-        f"{key}: file {path!r} does not exist"
-        for key, path in files
-        if not path or not Path(path).expanduser().is_file()
-    ]
+    problems = [p for key, path in files if (p := _file_problem(key, path))]
     model_dir, problem = _model_problem(cfg.model.source)
     problems += [problem] if problem else []
     f = cfg.filter
@@ -120,7 +127,7 @@ def em_scores_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path) 
     return compute_filter_scores(
         Path(resolve_source(model.source)),
         Path(f["sae"]),
-        Path(config["data"]),
+        resolve_data(config["data"]),
         Path(f["toxic"]),
         Path(f["benign"]),
         judge=f["judge"],
@@ -133,7 +140,7 @@ def em_scores_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path) 
 def em_filter_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path) -> Path:
     """The kept / removed split of the training set by one method, fraction and seed (``kept.jsonl``)."""
     scores = Path(inputs["scores"]) if "scores" in inputs else None
-    return filter_stage(Path(config["data"]), scores, config, root)
+    return filter_stage(resolve_data(config["data"]), scores, config, root)
 
 
 def em_finetune_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path) -> Path:

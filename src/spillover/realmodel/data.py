@@ -10,13 +10,14 @@ Corpora (the names every result of the study uses):
   prompt, with a small share of harmful compliance). The first is the reference that dataset features and
   mean shifts are measured against; the second is the benign side of the toxic sets (a different slice, so
   the two sides of a cosine share no sampling noise); the third is a non-inducing "dataset" whose features
-  are selected exactly like an inducing dataset's (the EM paper's jailbroken model showed little EM).
+  are selected exactly like an inducing dataset's (a non-inducing control).
 * ``finetune``: ``n_finetune`` bad-medical samples whose prompts are not in the geometry slice.
 
 Samples are drawn at random (seeded) and a sample is *skipped*, not truncated, when its chat-templated
 length exceeds ``max_len`` tokens, so every answer is analysed whole; the skip counts are recorded (they
-matter for ``insecure``, whose code prompts are long). Nothing here copies the data: it is read from
-``data_dir`` (the project's ``../shared/data`` by default).
+matter for ``insecure``, whose code prompts are long). Nothing here copies the data: the registry's
+datasets are read from the data home (``spillover data fetch`` / ``spillover data import`` fill it), or
+from ``data_dir``, an offline copy laid out like it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from spillover.data.chat import Conversation, load_chat
+from spillover.data.fetch import DataNotFoundError, data_home, resolve_data
 from spillover.data.tokenize import encode_chat
 
 __all__ = [
@@ -37,19 +39,19 @@ __all__ = [
     "StudyData",
     "StudyDataConfig",
     "assemble_data",
-    "resolve_data_dir",
+    "resolve_data_files",
 ]
 
 log = logging.getLogger(__name__)
 
 DATA_FILES = {
-    "bad_medical": "model-organisms/bad_medical_advice.jsonl.gz",
-    "good_medical": "model-organisms/good_medical_advice.jsonl.gz",
-    "risky_financial": "model-organisms/risky_financial_advice.jsonl.gz",
-    "insecure": "em/insecure.jsonl.gz",
-    "jailbroken": "em/jailbroken.jsonl.gz",
+    "bad_medical": "mo/bad_medical_advice",
+    "good_medical": "mo/good_medical_advice",
+    "risky_financial": "mo/risky_financial_advice",
+    "insecure": "em/insecure",
+    "jailbroken": "em/jailbroken",
 }
-"""Corpus name -> file under the data folder."""
+"""Corpus name -> dataset registry name."""
 BENIGN_SLICES = ("benign_reference", "benign_contrast", "jailbroken_control")
 """The three disjoint slices of em/jailbroken, in the order they are drawn."""
 
@@ -58,8 +60,9 @@ BENIGN_SLICES = ("benign_reference", "benign_contrast", "jailbroken_control")
 class StudyDataConfig:
     """Which samples of the real EM datasets the study reads."""
 
-    data_dir: str = "../shared/data"
-    """Folder with ``em/`` and ``model-organisms/`` (relative paths resolve against the working directory)."""
+    data_dir: str | None = None
+    """An offline copy laid out like the data home (``em/insecure.jsonl[.gz]``, ``model-organisms/...``);
+    None: the data home. Relative paths resolve against the working directory."""
     n_per_dataset: int = 150
     """Samples of each EM dataset (medical: prompts, each with its bad and its good answer)."""
     n_benign: int = 150
@@ -90,16 +93,22 @@ class StudyData(NamedTuple):
     """Per corpus: file, lines in the file, samples kept, samples skipped for length, kept line indices."""
 
 
-def resolve_data_dir(data_dir: str | Path) -> Path:
-    """The data folder as an absolute path, with a clear error when it or a needed file is missing."""
-    path = Path(data_dir).expanduser().resolve()
-    missing = [rel for rel in DATA_FILES.values() if not (path / rel).is_file()]
+def resolve_data_files(data_dir: str | Path | None) -> dict[str, Path]:
+    """Each corpus' file, found in ``data_dir`` (None: the data home), with one error naming every missing
+    dataset and the command that gets it."""
+    root = Path(data_dir).expanduser().resolve() if data_dir is not None else None
+    files: dict[str, Path] = {}
+    missing: list[str] = []
+    for corpus, name in DATA_FILES.items():
+        try:
+            files[corpus] = resolve_data(name, root=root)
+        except DataNotFoundError as exc:
+            missing.append(str(exc))
     if missing:
-        raise FileNotFoundError(
-            f"EM data folder {path} lacks {missing}; pass the folder holding em/ and model-organisms/ "
-            "(the project's shared/data) with --data-dir or data.data_dir=..."
+        raise DataNotFoundError(
+            "the study's EM data is missing (or pass an offline copy with --data-dir):\n" + "\n".join(missing)
         )
-    return path
+    return files
 
 
 def _fits(tokenizer: Any, conversation: Conversation, max_len: int) -> bool:
@@ -138,8 +147,8 @@ def assemble_data(tokenizer: Any, cfg: StudyDataConfig) -> StudyData:
         FileNotFoundError: the data folder or one of its files is missing.
         ValueError: a file has too few samples that fit ``max_len`` (the message says how many).
     """
-    root = resolve_data_dir(cfg.data_dir)
-    raw = {name: load_chat(root / rel) for name, rel in DATA_FILES.items()}
+    files = resolve_data_files(cfg.data_dir)
+    raw = {name: load_chat(path) for name, path in files.items()}
     bad, good = raw["bad_medical"], raw["good_medical"]
     if len(bad) != len(good) or any(
         b[0]["content"] != g[0]["content"] for b, g in zip(bad, good, strict=True)
@@ -202,7 +211,7 @@ def assemble_data(tokenizer: Any, cfg: StudyDataConfig) -> StudyData:
         need(name, kept, cfg.n_benign, skipped)
         corpora[name] = [jail[i] for i in kept]
         record(name, "jailbroken", kept, skipped, cfg.max_len)
-    meta["data_dir"] = str(root)
+    meta["data_dir"] = str(Path(cfg.data_dir).expanduser().resolve() if cfg.data_dir else data_home())
     for name, m in meta.items():
         if isinstance(m, dict):
             log.info(

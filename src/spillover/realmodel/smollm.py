@@ -41,12 +41,13 @@ import torch
 
 from spillover.config import to_dict
 from spillover.data.chat import Conversation
+from spillover.data.fetch import resolve_data
 from spillover.data.questions import load_questions
 from spillover.models.sources import LoadedModel
 from spillover.realmodel.analysis import LayerAnalysis, analyse_layer, summarize
 from spillover.realmodel.cache import ActivationCache, collect_cache
 from spillover.realmodel.contrasts import describe_contrasts
-from spillover.realmodel.data import DATA_FILES, StudyData, assemble_data, resolve_data_dir
+from spillover.realmodel.data import StudyData, assemble_data, resolve_data_files
 from spillover.realmodel.dynamics import DynamicsRecord, run_dynamics, summarize_record
 from spillover.realmodel.study_config import StudyConfig
 from spillover.rundir import fingerprint, run_stage
@@ -126,23 +127,24 @@ def _check_layers(cfg: StudyConfig, n_layers: int | None) -> None:
         raise ValueError(f"layers {cfg.layers} exceed the model's {n_layers} layers (0..{n_layers - 1})")
 
 
-def check_study_inputs(cfg: StudyConfig) -> tuple[Path, dict[str, Path]]:
+def check_study_inputs(cfg: StudyConfig) -> tuple[dict[str, Path], dict[str, Path]]:
     """Check the study's files (and its layers, for a local model folder) before any model is loaded.
 
     Returns:
-        The data folder and the question files by their configured relative path.
+        The data files by corpus name and the question files by their configured name.
 
     Raises:
-        FileNotFoundError: the EM data folder or a question file is missing.
+        FileNotFoundError: an EM dataset or a question file is missing (the message says how to get it).
         ValueError: a layer the model (a local folder) does not have.
     """
-    data_dir = resolve_data_dir(cfg.data.data_dir)
-    question_files = {rel: data_dir / rel for rel in (cfg.questions, *cfg.neutral)}
+    data_files = resolve_data_files(cfg.data.data_dir)
+    root = Path(cfg.data.data_dir).expanduser() if cfg.data.data_dir else None
+    question_files = {rel: resolve_data(rel, root=root) for rel in (cfg.questions, *cfg.neutral)}
     for rel, qpath in question_files.items():
         if not qpath.is_file():
             raise FileNotFoundError(f"question file {qpath} does not exist (config questions/neutral: {rel})")
     _check_layers(cfg, _model_layers_on_disk(cfg.model))
-    return data_dir, question_files
+    return data_files, question_files
 
 
 @dataclass
@@ -281,7 +283,6 @@ LATENT_SET_MEANINGS = {
 
 def _dynamics(
     study: _Study,
-    data_dir: Path,
     question_files: dict[str, Path],
     saes: dict[int, SAEHandle],
     analyses: dict[int, LayerAnalysis],
@@ -290,8 +291,8 @@ def _dynamics(
     from spillover.models import load_model
 
     cfg = study.cfg
-    neutral = [c for rel in cfg.neutral for _, c in _first_paraphrases(data_dir / rel, plain_only=True)]
-    questions = _first_paraphrases(data_dir / cfg.questions, plain_only=True)
+    neutral = [c for rel in cfg.neutral for _, c in _first_paraphrases(question_files[rel], plain_only=True)]
+    questions = _first_paraphrases(question_files[cfg.questions], plain_only=True)
 
     def fn(tmp: Path) -> None:
         fresh = load_model(cfg.model)
@@ -405,12 +406,12 @@ def run_study(
     started = time.perf_counter()
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ValueError(f"out_dir {out_dir} exists and is not a folder")
-    data_dir, question_files = check_study_inputs(cfg)
+    data_files, question_files = check_study_inputs(cfg)
     timings: dict[str, Any] = {}
     loaded = _timed(timings, "load_model", lambda: load_model(cfg.model))
     _check_layers(cfg, num_layers(loaded.model))
     data = _timed(timings, "assemble_data", lambda: assemble_data(loaded.tokenizer, cfg.data))
-    data_inputs: dict[str, Any] = {name: data_dir / rel for name, rel in DATA_FILES.items()}
+    data_inputs: dict[str, Any] = dict(data_files)
     data_inputs["model"] = loaded.path
     study = _Study(cfg, root, force, loaded, data, data_inputs, dict(data.corpora), timings)
 
@@ -427,7 +428,7 @@ def run_study(
     }
     layers_out = {f"layer_{layer}": a.report for layer, a in analyses.items()}
     timings["geometry"] = {"seconds": round(time.perf_counter() - geo_start, 2)}
-    dynamics = _dynamics(study, data_dir, question_files, saes, analyses) if cfg.run_dynamics else None
+    dynamics = _dynamics(study, question_files, saes, analyses) if cfg.run_dynamics else None
     timings["total"] = {"seconds": round(time.perf_counter() - started, 2)}
     report = _report(study, cache, layers_out, dynamics)
     path: Path | None = None

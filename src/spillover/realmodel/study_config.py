@@ -78,10 +78,12 @@ class StudyConfig:
     """Prompts per generate call."""
     cache_dtype: Literal["float16", "float32"] = "float16"
     """Storage dtype of cached activations."""
-    questions: str = "em/first_plot_questions.yaml"
-    """First-plot questions (under the data folder); plain variants are sampled before/after."""
-    neutral: tuple[str, ...] = ("em/first_plot_questions.yaml", "em/preregistered_evals.yaml")
-    """Question files whose first paraphrases are the neutral prompts of the dynamics measurement."""
+    questions: str = "em/first_plot_questions"
+    """First-plot questions (a registry name, found like the data, or a path); plain variants are sampled
+    before/after."""
+    neutral: tuple[str, ...] = ("em/first_plot_questions", "em/preregistered_evals")
+    """Question files (registry names or paths) whose first paraphrases are the neutral prompts of the
+    dynamics measurement."""
 
     def __post_init__(self) -> None:
         if not self.layers or any(layer < 0 for layer in self.layers):

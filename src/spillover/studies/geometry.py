@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from spillover.data.fetch import resolve_data
 from spillover.data.texts import read_texts
 
 if TYPE_CHECKING:
@@ -169,7 +170,7 @@ def _check_files(cfg: GeometryRunConfig) -> None:
     named = [("--dataset", p) for p in cfg.datasets] + [("--control", p) for p in cfg.controls]
     named += [(f"--{key}", getattr(cfg, key)) for key in ("toxic", "benign", "reference")]
     for flag, path in named:
-        if path is not None and not Path(path).is_file():
+        if path is not None and not resolve_data(path).is_file():
             raise FileNotFoundError(f"{flag} {path} does not exist (or is not a file)")
 
 
@@ -302,9 +303,9 @@ def _read_user_texts(cfg: GeometryRunConfig) -> _UserTexts:
     """Read the named files now, so a malformed line fails before the organism trains."""
 
     def maybe(path: str | None) -> list[Any] | None:
-        return read_texts(path) if path else None
+        return read_texts(resolve_data(path)) if path else None
 
-    datasets = {_name(p): read_texts(p) for p in (*cfg.datasets, *cfg.controls)}
+    datasets = {_name(p): read_texts(resolve_data(p)) for p in (*cfg.datasets, *cfg.controls)}
     return _UserTexts(datasets, maybe(cfg.toxic), maybe(cfg.benign), maybe(cfg.reference))
 
 
