@@ -6,7 +6,7 @@
     spillover judge -c chain.yaml --set judge.backend=local --set judge.local.model.source=/models/judge
     spillover judge rescore RUNS/judge/def456 --min-mass 0.5         # recompute from stored logprobs
     spillover judge mock-server --latency 0.05 --fault-rate 0.1      # a local fake endpoint for dry runs
-    spillover judge validate --against eval.csv.gz --questions first_plot_questions.yaml -c chain.yaml
+    spillover judge validate --against eval.csv.gz --questions em/first_plot_questions -c chain.yaml
 
 Finished calls are cached under <root>/judge-cache/, so a killed run resumes where it stopped and
 ``--force`` re-judges only what is not cached (e.g. calls that failed). Prints the run folder.
@@ -138,18 +138,18 @@ def print_validation(path: Path, source: str | None = None) -> None:
 @app.command("validate")
 def validate_command(
     against: Annotated[
-        Path,
+        str,
         typer.Option(
             "--against",
-            help="A judged-answer CSV (.csv/.csv.gz: question, answer or response, question_id, aligned, "
+            help="A judged-answer CSV (.csv/.csv.gz, or a registry name such as em-responses/...: question, answer or response, question_id, aligned, "
             "coherent) whose stored scores are the reference.",
         ),
     ],
     questions: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--questions",
-            help="Question YAML with judge prompts for the CSV's question ids (default: the config's "
+            help="Question YAML (or a registry name: em/first_plot_questions) with judge prompts for the CSV's question ids (default: the config's "
             "generate.questions when that file exists; judge.prompts_file serves questions it lacks).",
         ),
     ] = None,
@@ -164,28 +164,35 @@ def validate_command(
     each judge, the share each leaves unscored) and the new scores (scores.jsonl); prints the folder.
     """
     from spillover.chain.validate import validate_stage
+    from spillover.data.fetch import DataNotFoundError, resolve_data
 
     quiet_http_logs()
     cfg = load_cli_config(config, overrides)
-    if questions is not None and not questions.is_file():
-        raise fail(f"--questions: question file {str(questions)!r} does not exist")
-    configured = cfg.generate.questions
-    question_file = questions or (Path(configured) if configured and Path(configured).is_file() else None)
-    if not against.is_file():
+    try:
+        against_file = resolve_data(against)
+        question_file = resolve_data(questions) if questions is not None else None
+        configured = resolve_data(cfg.generate.questions) if cfg.generate.questions else None
+    except DataNotFoundError as exc:
+        raise fail(str(exc)) from exc
+    if question_file is not None and not question_file.is_file():
+        raise fail(f"--questions: question file {questions!r} does not exist")
+    if question_file is None and configured is not None and configured.is_file():
+        question_file = configured
+    if not against_file.is_file():
         raise fail(f"--against {against}: no such file")
 
     def run() -> Path:
         return validate_stage(
             cfg.judge,
             cfg.metrics,
-            against=against,
+            against=against_file,
             questions=question_file,
             root=root or cfg.root,
             force=force,
         )
 
     path = run_reporting(run)
-    print_validation(path, str(against))
+    print_validation(path, str(against_file))
     echo_path(path)
 
 

@@ -99,21 +99,27 @@ def metrics_command(
     overrides: SetOpt = None,
     root: RootOpt = None,
     force: ForceOpt = False,
-    scores: Annotated[
-        list[Path] | None,
+    scores_given: Annotated[
+        list[str] | None,
         typer.Option(
             "--scores",
             help="Instead of running the chain: a judge/rescore folder (scores.jsonl), or a judged-answer "
-            "CSV (.csv/.csv.gz: question, answer or response, question_id, aligned, coherent). Repeatable.",
+            "CSV (.csv/.csv.gz: question, answer or response, question_id, aligned, coherent), or its "
+            "registry name (em-responses/...). Repeatable.",
         ),
     ] = None,
 ) -> None:
     """Run (or reuse) the metrics stage."""
     from spillover.chain.imported import csv_metrics_stage
     from spillover.chain.stages import metrics_stage, run_chain
+    from spillover.data.fetch import DataNotFoundError, resolve_data
 
     quiet_http_logs()
     cfg = load_cli_config(config, overrides)
+    try:
+        scores = [resolve_data(s) for s in scores_given or []]
+    except DataNotFoundError as exc:
+        raise fail(str(exc)) from exc
     if not scores:
 
         def run_all() -> Path | None:
@@ -142,7 +148,7 @@ def metrics_command(
         ]
 
     paths = run_reporting(run)
-    for given, path in zip(scores, paths, strict=True):
-        print_metrics(path, str(given))
+    for label, path in zip(scores_given or [], paths, strict=True):
+        print_metrics(path, label)
     for path in paths:
         echo_path(path)
