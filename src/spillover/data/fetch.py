@@ -71,11 +71,17 @@ def local_path(name: str, home: str | Path | None = None) -> Path:
     return _home(home) / dataset(name).file
 
 
+_MO_NOTE = (
+    " (the model-organisms repository ships its datasets encrypted, training_datasets.zip.enc, opened with"
+    " its `easy-dataset-share` tool)"
+)
+
+
 def _how_to_get(ds: Dataset) -> str:
     if ds.url is None:
         return (
-            f"it has no public plain download; register an offline copy with `spillover data import DIR` "
-            f"(DIR holding {ds.file} or {ds.file}.gz)"
+            f"it has no public plain download{_MO_NOTE if ds.name.startswith('mo/') else ''}; register "
+            f"an offline copy with `spillover data import DIR` (DIR holding {ds.file} or {ds.file}.gz)"
         )
     return (
         f"get it with `spillover data fetch {ds.name}` (or `spillover data import DIR` for an offline copy)"
