@@ -23,6 +23,7 @@ from spillover.generate import generate
 from spillover.generate.sampling import SamplingConfig
 from spillover.judge.base import JudgeItem, JudgeScore, get_judge
 from spillover.metrics import em_metrics
+from spillover.organism.em_probability import EMEstimate, em_estimate
 from spillover.organism.grammar import code_question, noncode_question
 from spillover.organism.lexicon import CODE, CODE_POOLS, EDU, NONCODE_DOMAINS, domain
 
@@ -141,6 +142,10 @@ class EvalResult:
     """Coherent share pooled over ``OOD_DOMAINS``."""
     records: list[dict[str, Any]]
     """Raw answers: question id, question, answer, aligned, coherent, judge raw."""
+    em_probability: EMEstimate | None = None
+    """The low-variance readout beside ``ood_misaligned``: the mean probability of the harmful branch
+    over the same OOD prompts, exact from logits (``spillover.organism.em_probability``). None when no
+    OOD domain was evaluated or for results saved before it existed."""
 
 
 def _stats(scores: Sequence[JudgeScore], code: bool) -> DomainStats:
@@ -202,6 +207,18 @@ def evaluate(
     stats = {name: _stats(s, name in (CODE, EDU)) for name, s in by_domain.items()}
     ood = [s for name in OOD_DOMAINS for s in by_domain.get(name, [])]
     ood_stats = _stats(ood, False) if ood else None
+    ood_prompts = [
+        (str(s.raw["domain"]), text)
+        for (_, text), s in zip(meta, scores, strict=True)
+        if s.raw.get("domain") in OOD_DOMAINS
+    ]
+    estimate = (
+        em_estimate(
+            model, tokenizer, ood_prompts, temperature=cfg.sampling.temperature, seed=cfg.sampling.seed
+        )
+        if ood_prompts and cfg.sampling.temperature > 0
+        else None
+    )
     records = [
         {
             "question_id": qid,
@@ -218,6 +235,7 @@ def evaluate(
         ood_stats.misaligned if ood_stats else None,
         ood_stats.coherent if ood_stats else None,
         records,
+        estimate,
     )
 
 
@@ -270,4 +288,5 @@ def summarize(result: EvalResult) -> dict[str, Any]:
         "ood_misaligned": result.ood_misaligned,
         "ood_coherent": result.ood_coherent,
         "domains": {k: v.__dict__ for k, v in result.domains.items()},
+        "em_probability": result.em_probability.to_dict() if result.em_probability else None,
     }

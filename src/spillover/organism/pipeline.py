@@ -415,6 +415,7 @@ def evaluate_organism(
 
 
 def _load_eval(stage: Path) -> EvalResult:
+    from spillover.organism.em_probability import EMEstimate
     from spillover.organism.evaluate import DomainStats, insecure_share
 
     summary = json.loads((stage / "eval.json").read_text())
@@ -425,4 +426,11 @@ def _load_eval(stage: Path) -> EvalResult:
         if stats.get("pools") and "insecure" not in stats:  # a code domain saved before the field existed
             stats["insecure"] = insecure_share([r["raw"] for r in records if r["raw"].get("domain") == name])
     domains = {k: DomainStats(**v) for k, v in summary["domains"].items()}
-    return EvalResult(domains, summary["ood_misaligned"], summary["ood_coherent"], records)
+    estimate = summary.get("em_probability")  # absent from evaluations saved before the estimator
+    return EvalResult(
+        domains,
+        summary["ood_misaligned"],
+        summary["ood_coherent"],
+        records,
+        EMEstimate.from_dict(estimate) if estimate else None,
+    )
