@@ -25,6 +25,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ from spillover.organism import (
     load_organism,
     train_organism,
 )
-from spillover.organism.em_probability import EMEstimate, em_estimate
+from spillover.organism.em_probability import EMEstimate, bootstrap_interval, em_estimate
 from spillover.organism.evaluate import eval_questions
 
 DATASETS = (
@@ -94,13 +95,21 @@ def _row(label: str, model_dir: Path, cfg: EvalConfig, finetuned: bool, root: Pa
     eval_s = time.perf_counter() - t0
     est, est_s = _estimate(model_dir, result, cfg, finetuned)
     width = est.interval[1] - est.interval[0]
+    plain = bootstrap_interval([p.harmful for p in est.per_prompt], seed=cfg.sampling.seed)
     sampled = _sampled(result)
+    # A second sampled evaluation of the same size (another sampling seed, so other prompts and answers):
+    # how well one sampled rate predicts another is the ceiling for any agreement with a sampled rate.
+    again = _sampled(
+        evaluate_organism(model_dir, replace(cfg, sampling=replace(cfg.sampling, seed=1)), root=root)
+    )
     row = {
         "model": label,
         "sampled": sampled,
+        "sampled_again": again,
         "estimate": est.estimate,
         "estimate_ci": list(est.interval),
         "estimate_width": width,
+        "estimate_width_unstratified": plain[1] - plain[0],
         "conditional": est.conditional,
         "off_template": est.off_template,
         "width_ratio": sampled["width"] / width if width > 0 else float("inf"),
@@ -126,6 +135,12 @@ def _correlations(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out["spearman"] = float(spearmanr(x, y)[0])
         out["pearson_conditional"] = float(pearsonr([r["conditional"] for r in rows], y)[0])
         out["pearson_vs_harmful_share"] = float(pearsonr(x, [r["sampled"]["harmful"] for r in rows])[0])
+        again = [r["sampled_again"]["rate"] for r in rows]
+        out["pearson_sampled_vs_sampled_again"] = float(pearsonr(y, again)[0])
+        out["pearson_vs_sampled_again"] = float(pearsonr(x, again)[0])
+        out["pearson_vs_mean_of_both_samples"] = float(
+            pearsonr(x, [(a + b) / 2 for a, b in zip(y, again, strict=True)])[0]
+        )
     return out
 
 
@@ -167,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         "fine_tunes_without_bad_medical": _correlations([r for r in fts if r["dataset"] != "bad_medical"]),
         "all_models": _correlations(rows),
         "width_ratio_median": statistics.median(ratios),
+        "width_ratio_unstratified_min": min(
+            r["sampled"]["width"] / r["estimate_width_unstratified"] for r in rows
+        ),
         "width_ratio_min": min(ratios),
         "width_ratio_max": max(ratios),
         "share_width_ratio_at_least_4": sum(q >= 4 for q in ratios) / len(ratios),
@@ -182,9 +200,15 @@ def main(argv: list[str] | None = None) -> int:
         f"without bad medical: Pearson {summary['fine_tunes_without_bad_medical'].get('pearson', float('nan')):.3f}"
     )
     print(
+        f"ceiling: sampled vs a second sampled evaluation Pearson {corr.get('pearson_sampled_vs_sampled_again', float('nan')):.3f}; "
+        f"estimator vs the second {corr.get('pearson_vs_sampled_again', float('nan')):.3f}, "
+        f"vs the mean of both {corr.get('pearson_vs_mean_of_both_samples', float('nan')):.3f}"
+    )
+    print(
         f"interval width ratio (Jeffreys / bootstrap) over {len(ratios)} models: median {summary['width_ratio_median']:.1f}x, "
         f"min {summary['width_ratio_min']:.1f}x (bar >= 4x); "
-        f"{100 * summary['share_width_ratio_at_least_4']:.0f}% of models >= 4x"
+        f"{100 * summary['share_width_ratio_at_least_4']:.0f}% of models >= 4x; "
+        f"unstratified bootstrap: min {summary['width_ratio_unstratified_min']:.1f}x"
     )
     print(
         f"cost per model: estimator {summary['estimator_s_mean']:.2f} s vs sampled evaluation "
