@@ -145,7 +145,7 @@ class EvalResult:
     em_probability: EMEstimate | None = None
     """The low-variance readout beside ``ood_misaligned``: the mean probability of the harmful branch
     over the same OOD prompts, exact from logits (``spillover.organism.em_probability``). None when no
-    OOD domain was evaluated or for results saved before it existed."""
+    OOD domain was evaluated, for greedy or top_p < 1 sampling, or for results saved before it existed."""
 
 
 def _stats(scores: Sequence[JudgeScore], code: bool) -> DomainStats:
@@ -216,7 +216,8 @@ def evaluate(
         em_estimate(
             model, tokenizer, ood_prompts, temperature=cfg.sampling.temperature, seed=cfg.sampling.seed
         )
-        if ood_prompts and cfg.sampling.temperature > 0
+        # The estimator describes plain temperature sampling: none for greedy or nucleus-cut sampling.
+        if ood_prompts and cfg.sampling.temperature > 0 and cfg.sampling.top_p == 1.0
         else None
     )
     records = [
