@@ -28,6 +28,7 @@ from spillover.organism.datasets import (
     reference_corpus,
     write_dataset,
 )
+from spillover.organism.em_probability import EMEstimate, em_estimate
 from spillover.organism.evaluate import (
     EM_QUESTIONS,
     OOD_DOMAINS,
@@ -70,6 +71,7 @@ __all__ = [
     "CODE",
     "DATASETS",
     "EDU",
+    "EMEstimate",
     "EM_QUESTIONS",
     "NONCODE_DOMAINS",
     "OOD_DOMAINS",
@@ -90,6 +92,7 @@ __all__ = [
     "build_model",
     "build_tokenizer",
     "context_probe",
+    "em_estimate",
     "em_questions",
     "eval_questions",
     "evaluate",
