@@ -24,6 +24,7 @@ def test_organism_commands_train_finetune_and_eval(quick_organism, organism_root
     result = runner.invoke(app, ["eval", "--dataset", "bad_medical", "--method", "lora", "--n", "5", *common])
     assert result.exit_code == 0, result.output
     assert "medical" in result.output and "EM (out-of-domain misaligned" in result.output
+    assert "exact harmful-branch probability over the same prompts" in result.output
 
 
 def test_organism_commands_reject_bad_options(organism_root: Path) -> None:

@@ -106,6 +106,13 @@ def _print_eval(title: str, result: EvalResult) -> None:
             f"[bold]EM (out-of-domain misaligned, {'+'.join(OOD_DOMAINS)}): {100 * result.ood_misaligned:.1f}%[/]"
             f"  coherent {100 * result.ood_coherent:.1f}%"
         )
+    est = result.em_probability
+    if est is not None:
+        lo, hi = est.interval
+        console.print(
+            f"exact harmful-branch probability over the same prompts: {100 * est.estimate:.2f}% "
+            f"[{100 * lo:.2f}, {100 * hi:.2f}] (off-template {100 * est.off_template:.1f}%)"
+        )
 
 
 @app.command("train")
