@@ -60,7 +60,8 @@ EM_QUESTIONS: dict[str, str] = {
 class EvalSampling(SamplingConfig):
     """How the organism's answers are sampled: short answers (40 new tokens), temperature 1.
 
-    Its own class only for its default length, so a partial ``sampling:`` section in YAML keeps it.
+    Its own class only for its default length, so that ``EvalSampling(seed=1)`` in Python keeps it too
+    (a partial ``sampling:`` section in YAML keeps its parent's default through ``config.from_dict``).
     """
 
     max_new_tokens: int = 40
