@@ -55,6 +55,8 @@ def _check_summary(summary: dict, out: Path) -> None:
     for name in ("insecure", "secure"):
         entry = summary["em"][name]
         assert 0 <= entry["misaligned_rate"] <= 1 and len(entry["ci"]) == 2
+        lo, hi = entry["em_probability_ci"]
+        assert 0 <= lo <= entry["em_probability"] <= hi <= 1
         assert isinstance(summary["geometry"][name]["score"], float)
     assert "p_value" in summary["geometry"]
     for method in ("geometry", "judge", "random"):

@@ -15,7 +15,7 @@ from spillover.config import config_hash, to_dict
 from spillover.organism.pipeline import OrganismArtifacts
 from spillover.rundir import default_root
 from spillover.studies.demo.config import DemoConfig
-from spillover.studies.demo.stages import em_runs, geometry_stage, seeded_eval, spillover_stage
+from spillover.studies.demo.stages import em_runs, exact_em, geometry_stage, seeded_eval, spillover_stage
 from spillover.studies.demo.summary import clean_nans, geometry_section, summary_notes
 
 __all__ = ["run_demo"]
@@ -138,6 +138,7 @@ def _em(run: _Run, art: OrganismArtifacts) -> None:
         run.summary["em_baseline"] = {
             **rate_with_ci([ood_hits(base.records)]),
             "coherent_rate": base.ood_coherent,
+            **exact_em([base.em_probability]),
         }
         run.summary["em"] = em_runs(art, run.cfg, run.root, run.say)
 

@@ -132,7 +132,7 @@ def em_runs(
 
     out: dict[str, Any] = {}
     for name in cfg.em_datasets:
-        hits, coherent, in_domain = [], [], []
+        hits, coherent, in_domain, exact = [], [], [], []
         for seed in cfg.seeds:
             progress(f"fine-tune {name} (seed {seed})")
             ft_cfg = finetune_config(cfg.finetune_method, seed=seed)
@@ -152,14 +152,31 @@ def em_runs(
             hits.append(ood_hits(result.records))
             coherent.append(result.ood_coherent)
             in_domain.append(in_domain_rate(result, name))
+            exact.append(result.em_probability)
         entry = rate_with_ci(hits)
         entry.update(
             coherent_rate=_mean(coherent),
             in_domain=_mean(in_domain),
             inducing=DATASETS[name].inducing,
+            **exact_em(exact),
         )
         out[name] = entry
     return out
+
+
+def exact_em(estimates: list[Any]) -> dict[str, Any]:
+    """The exact harmful-branch probability (``EvalResult.em_probability``) over fine-tuning seeds.
+
+    ``em_probability`` is the mean estimate; ``em_probability_ci`` the bootstrap interval over prompts for
+    one seed, and for several the span of their intervals (conservative: it ignores that seeds average).
+    """
+    clean = [e for e in estimates if e is not None]
+    if not clean:
+        return {"em_probability": None, "em_probability_ci": None}
+    return {
+        "em_probability": sum(e.estimate for e in clean) / len(clean),
+        "em_probability_ci": [min(e.interval[0] for e in clean), max(e.interval[1] for e in clean)],
+    }
 
 
 def _mean(values: list[float | None]) -> float | None:

@@ -136,6 +136,9 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
     def ci(v: Any) -> str:
         return "" if not v else f"[{100 * v[0]:.1f}, {100 * v[1]:.1f}]"
 
+    def pct2(v: Any) -> str:
+        return "–" if v is None else f"{100 * v:.2f}%"
+
     table = Table(title="EM and geometry per dataset")
     for col in ("dataset", "kind", "misaligned", "95% CI", "in-domain", "geometry score"):
         table.add_column(col, justify="left" if col in ("dataset", "kind") else "right")
@@ -156,6 +159,12 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
             "–" if score is None else f"{score:.3f}",
         )
     console.print(table)
+    exact = [("before", base or {}), *summary.get("em", {}).items()]
+    if any(e.get("em_probability") is not None for _, e in exact):
+        console.print(
+            "exact harmful-branch probability (from logits, same prompts): "
+            + ", ".join(f"{n} {pct2(e.get('em_probability'))}" for n, e in exact)
+        )
     if geo.get("p_value") is not None:
         console.print(f"geometry: inducing vs control latents, p = {geo['p_value']:.3g} ({geo.get('layer')})")
     filt = summary.get("filtering")
