@@ -29,7 +29,7 @@ from spillover.theory.experiment import (
     measure_toy_spillover,
 )
 from spillover.theory.report import plot_theory
-from spillover.theory.run import TheoryConfig, _pick_targets, run_theory
+from spillover.theory.run import HEADLINE_KEYS, TheoryConfig, _pick_targets, run_theory
 from spillover.theory.toy import ToyConfig, sample_features, toy_geometry, train_toy
 
 
@@ -41,15 +41,7 @@ def _print_results(res: dict[str, Any]) -> None:
     """The numbers ``run_theory`` returned: headline, per seed, controls, step scaling, variants, sweep."""
     print(f"== headline ({res['n_seeds']} seeds, {res['n_targets_total']} targets, {res['seconds']:.0f} s)")
     for key in (
-        "pearson_r",
-        "spearman_r",
-        "slope",
-        "r2",
-        "pearson_r_cos_only",
-        "slope_relative",
-        "analytic_slope",
-        "analytic_r2",
-        "pearson_r_preact",
+        *HEADLINE_KEYS,
         "typical_abs_spillover",
         "control_orthogonal_max_abs_spillover",
         "control_orthogonal_ratio",

@@ -41,7 +41,12 @@ def judged_metrics(judged: JudgedAnswers, cfg: MetricsStageConfig) -> EMMetrics:
 
 
 def csv_metrics_stage(
-    cfg: MetricsStageConfig, *, csv_path: str | Path, root: str | Path | None = None, force: bool = False
+    cfg: MetricsStageConfig,
+    *,
+    csv_path: str | Path,
+    root: str | Path | None = None,
+    force: bool = False,
+    judged: JudgedAnswers | None = None,
 ) -> Path:
     """Read a judged-answer CSV (``.csv``/``.csv.gz``) and write its ``metrics.json`` in a metrics folder.
 
@@ -49,7 +54,8 @@ def csv_metrics_stage(
     written. ``none_reasons`` counts every missing score as ``no_score``: a CSV keeps no raw judge output.
     """
     csv_path = Path(csv_path)
-    judged = read_judged_csv(csv_path)
+    if judged is None:  # callers that checked several files first pass what they read
+        judged = read_judged_csv(csv_path)
 
     def fn(out: Path) -> None:
         result = judged_metrics(judged, cfg)

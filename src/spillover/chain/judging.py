@@ -33,8 +33,10 @@ __all__ = [
     "judge_stage",
     "load_prompt_file",
     "none_reasons",
+    "prompt_hashes",
     "read_scores",
     "rescore_stage",
+    "score_items",
 ]
 
 
@@ -140,6 +142,38 @@ def none_reasons(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]
     return out
 
 
+def prompt_hashes(items: Sequence[JudgeItem]) -> dict[str, list[str]]:
+    """The distinct judge-prompt hashes per metric (recorded in a stage's manifest)."""
+    return {
+        m: sorted({prompt_hash(it.judge_prompts[m]) for it in items if m in it.judge_prompts})
+        for m in METRICS
+    }
+
+
+def score_items(
+    cfg: JudgeStageConfig,
+    items: Sequence[JudgeItem],
+    *,
+    judge: Judge | None = None,
+    cache_path: Path | None = None,
+    root: str | Path | None = None,
+) -> tuple[Judge, list[JudgeScore]]:
+    """Score ``items`` with ``judge``, or with one built from ``cfg`` behind the call cache (when
+    ``cfg.cache``); returns the judge used and one score per item."""
+    from spillover.judge.cache import JudgeCache
+
+    cache = JudgeCache(cache_path or judge_cache_path(root)) if cfg.cache and judge is None else None
+    try:
+        the_judge = judge if judge is not None else build_judge(cfg, cache=cache)
+        scores = list(the_judge.score(items))
+    finally:
+        if cache is not None:
+            cache.close()
+    if len(scores) != len(items):
+        raise RuntimeError(f"judge {the_judge.name!r} returned {len(scores)} scores for {len(items)} answers")
+    return the_judge, scores
+
+
 def judge_stage(
     cfg: JudgeStageConfig,
     *,
@@ -159,31 +193,17 @@ def judge_stage(
         cache_path: the call cache (default :func:`judge_cache_path`); ignored when ``cfg.cache`` is off.
     """
     from spillover.generate.records import write_jsonl
-    from spillover.judge.cache import JudgeCache
 
     answers_dir = Path(answers_dir)
     records, items = judge_items(answers_dir, cfg)
-    hashes = {
-        m: sorted({prompt_hash(it.judge_prompts[m]) for it in items if m in it.judge_prompts})
-        for m in METRICS
-    }
+    hashes = prompt_hashes(items)
     ident = judge_identity(cfg, judge)
     inputs: dict[str, Any] = {"answers": answers_dir}
     if cfg.prompts_file:
         inputs["prompts_file"] = Path(cfg.prompts_file)
 
     def fn(out: Path) -> None:
-        cache = JudgeCache(cache_path or judge_cache_path(root)) if cfg.cache else None
-        try:
-            the_judge = judge if judge is not None else build_judge(cfg, cache=cache)
-            scores = the_judge.score(items)
-        finally:
-            if cache is not None:
-                cache.close()
-        if len(scores) != len(items):
-            raise RuntimeError(
-                f"judge {the_judge.name!r} returned {len(scores)} scores for {len(items)} answers"
-            )
+        the_judge, scores = score_items(cfg, items, judge=judge, cache_path=cache_path, root=root)
         rows = _score_rows(records, scores)
         write_jsonl(out / "scores.jsonl", rows)
         stats = getattr(the_judge, "last_stats", None)

@@ -23,16 +23,15 @@ from spillover.chain._files import run_root, write_json
 from spillover.chain.checks import check_judge
 from spillover.chain.config import JudgeStageConfig, MetricsStageConfig
 from spillover.chain.judging import (
-    build_judge,
-    judge_cache_path,
     judge_identity,
     load_prompt_file,
     none_reasons,
+    prompt_hashes,
+    score_items,
 )
 from spillover.data.judged import JudgedAnswers, read_judged_csv
 from spillover.data.questions import Question
 from spillover.judge.base import Judge, JudgeItem
-from spillover.judge.prompts import METRICS, prompt_hash
 from spillover.rundir import run_stage
 
 __all__ = ["validation_items", "validate_stage"]
@@ -80,29 +79,15 @@ def validate_stage(
         judge: a ready judge instead of building one from ``cfg``.
     """
     from spillover.generate.records import write_jsonl
-    from spillover.judge.cache import JudgeCache
     from spillover.judge.validate import judge_agreement
 
     against = Path(against)
     judged = read_judged_csv(against)
     items = validation_items(judged, cfg, questions)
-    hashes = {
-        m: sorted({prompt_hash(it.judge_prompts[m]) for it in items if m in it.judge_prompts})
-        for m in METRICS
-    }
+    hashes = prompt_hashes(items)
 
     def fn(out: Path) -> None:
-        cache = JudgeCache(judge_cache_path(root)) if cfg.cache and judge is None else None
-        try:
-            the_judge = judge if judge is not None else build_judge(cfg, cache=cache)
-            scores = the_judge.score(items)
-        finally:
-            if cache is not None:
-                cache.close()
-        if len(scores) != len(items):
-            raise RuntimeError(
-                f"judge {the_judge.name!r} returned {len(scores)} scores for {len(items)} answers"
-            )
+        _, scores = score_items(cfg, items, judge=judge, root=root)
         rows = [
             {"question_id": it.question_id, "question": it.question, "answer": it.answer,
              "aligned": s.aligned, "coherent": s.coherent, "raw": s.raw}

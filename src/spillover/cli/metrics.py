@@ -137,11 +137,10 @@ def metrics_command(
     def run() -> list[Path]:
         from spillover.data.judged import read_judged_csv
 
-        for s in scores:  # a malformed CSV fails before any folder is written
-            if _is_csv(s):
-                read_judged_csv(s)
+        # a malformed CSV fails before any folder is written
+        judged = {s: read_judged_csv(s) for s in scores if _is_csv(s)}
         return [
-            csv_metrics_stage(cfg.metrics, csv_path=s, root=root or cfg.root, force=force)
+            csv_metrics_stage(cfg.metrics, csv_path=s, root=root or cfg.root, force=force, judged=judged[s])
             if _is_csv(s)
             else metrics_stage(cfg.metrics, scores_dir=s, root=root or cfg.root, force=force)
             for s in scores

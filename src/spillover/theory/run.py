@@ -35,7 +35,7 @@ from spillover.theory.toy import ToyConfig, ToyModel, toy_geometry, train_toy
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TheoryConfig", "run_theory", "VARIANTS"]
+__all__ = ["HEADLINE_KEYS", "TheoryConfig", "VARIANTS", "run_theory"]
 
 VARIANTS: dict[str, tuple[str, str, str]] = {
     "upstream/target/sgd": ("upstream", "target", "sgd"),
@@ -171,6 +171,19 @@ def _mean_keys(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[str,
     return {k: _nanmean([row[k] for row in rows]) for k in keys}
 
 
+HEADLINE_KEYS = (
+    "pearson_r",
+    "spearman_r",
+    "slope",
+    "r2",
+    "pearson_r_cos_only",
+    "slope_relative",
+    "analytic_slope",
+    "analytic_r2",
+    "pearson_r_preact",
+)
+"""The pooled fit statistics ``run_theory`` reports at the top level of its results."""
+
 _MEAN_KEYS = (
     "pearson_r",
     "spearman_r",
@@ -266,20 +279,7 @@ def _headline(runs: Sequence[_SeedRun], cfg: TheoryConfig) -> dict[str, Any]:
     typical_raw = float(np.mean(np.abs(points["measured"]))) if points["measured"] else float("nan")
     results: dict[str, Any] = {
         "definition": DEFINITION,
-        **{
-            k: headline[k]
-            for k in (
-                "pearson_r",
-                "spearman_r",
-                "slope",
-                "r2",
-                "pearson_r_cos_only",
-                "slope_relative",
-                "analytic_slope",
-                "analytic_r2",
-                "pearson_r_preact",
-            )
-        },
+        **{k: headline[k] for k in HEADLINE_KEYS},
         "typical_abs_spillover": typical,
         "typical_abs_spillover_raw": typical_raw,
         "control_orthogonal_max_abs_spillover": ortho_max,
