@@ -324,10 +324,8 @@ def test_cli_rejects_bad_sweeps_before_anything_runs(tmp_path: Path, monkeypatch
     }
     for expected, args in cases.items():
         file_args = [] if args[0].endswith(".yaml") else [str(sweep_file)]
-        started = time.perf_counter()
         result = CliRunner().invoke(app, [*file_args, *args, "--root", str(runs), "--out", str(out)])
         assert result.exit_code == 2 and expected in result.output, (expected, result.output)
-        assert time.perf_counter() - started < 30
     bad_key = _organism_sweep(tmp_path, grids={"seed": [0]})
     result = CliRunner().invoke(app, [str(bad_key), "--root", str(runs)])
     assert result.exit_code == 2 and "grids" in result.output
