@@ -20,14 +20,17 @@ import math
 import random
 import re
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import torch
 
-from spillover.data.chat import Conversation
+from spillover.data.chat import Conversation, load_chat
 from spillover.data.tokenize import LossOn, encode_chat
+from spillover.finetune.defenses import DefenseSettings
+from spillover.finetune.interventions import KLToBase, ResidualEdits, training_conversations
 from spillover.progress import progress_bar
 
 __all__ = [
@@ -95,6 +98,10 @@ class FinetuneConfig:
     """Save the adapter/model every N optimizer steps (for training dynamics)."""
     merge: bool = False
     """Also save LoRA merged into the base weights."""
+    defense: DefenseSettings = field(default_factory=DefenseSettings, metadata={"omit_when_default": True})
+    """Training-time defenses against emergent misalignment (all off by default; see ``defenses.py``).
+    The metadata asks ``config.to_dict`` to leave a default section out, so configs without defenses
+    keep their run ids."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -120,6 +127,9 @@ class FinetuneResult(NamedTuple):
     """Mean masked-token loss per optimizer step."""
     checkpoints: list[Path]
     """Checkpoint folders in step order (empty without ``out_dir`` or ``checkpoint_every``)."""
+    kl: tuple[float, ...] = ()
+    """Mean KL(base || tuned) on benign data per optimizer step, before weighting by ``beta`` (empty
+    without the KL defense; not included in ``losses``)."""
 
 
 def set_seed(seed: int) -> None:
@@ -246,9 +256,10 @@ def finetune(
         model: an HF causal LM on any device (batches are moved to it). Full fine-tuning mutates it.
         tokenizer: its tokenizer; needs a chat template.
         conversations: training conversations.
-        cfg: the recipe.
+        cfg: the recipe; ``cfg.defense`` turns on training-time defenses (``defenses.py``), which are
+            checked against the model before training and leave nothing in what is saved.
         out_dir: if given, the final adapter (``adapter/``) or model (``model/``), checkpoints
-            (``checkpoints/step-N/``) and ``losses.json`` are written here.
+            (``checkpoints/step-N/``), ``losses.json`` and, with the KL defense, ``kl.json`` are written here.
         on_step: called with (optimizer step, loss) after every step.
         on_checkpoint: called with (optimizer step, model) every ``checkpoint_every`` steps, e.g. to measure
             training dynamics without saving.
@@ -258,51 +269,107 @@ def finetune(
     """
     if not conversations:
         raise ValueError("no training conversations")
+    defense = cfg.defense
+    defense.check_model(model)
+    kl_data = load_chat(defense.kl.data) if defense.kl is not None else None
+    conversations = training_conversations(conversations, defense, cfg.seed)
     set_seed(cfg.seed)
     if cfg.method == "lora":
         model = _attach_lora(model, cfg.lora)
     model.train()
     encoded = _encode(tokenizer, conversations, cfg)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    batches = _Batches(
-        encoded, cfg, pad_id=0 if pad_id is None else pad_id, device=next(model.parameters()).device
-    )
-    per_epoch = math.ceil(len(encoded) / cfg.effective_batch)
+    pad_id = 0 if pad_id is None else pad_id
+    batches = _Batches(encoded, cfg, pad_id=pad_id, device=next(model.parameters()).device)
+    kl = None
+    if kl_data is not None:
+        kl = KLToBase(
+            model,
+            tokenizer,
+            kl_data,
+            batch_size=cfg.batch_size,
+            max_len=cfg.max_seq_len,
+            pad_id=pad_id,
+            seed=cfg.seed,
+            copy_base=cfg.method == "full",
+        )
+    edits = ResidualEdits.from_settings(model, defense)  # after the KL copy, which must not inherit hooks
+    try:
+        losses, kls, checkpoints = _train(
+            model, tokenizer, batches, cfg, kl, edits, out_dir, on_step, on_checkpoint
+        )
+    finally:
+        if edits is not None:
+            edits.remove()
+    model.eval()
+    if on_checkpoint is not None:
+        on_checkpoint(len(losses), model)
+    if out_dir is not None:
+        _save_final(model, tokenizer, cfg, out_dir, losses)
+        if kl is not None:
+            (out_dir / "kl.json").write_text(json.dumps(kls))
+    return FinetuneResult(model, losses, checkpoints, tuple(kls) if kl is not None else ())
+
+
+def _suspended(edits: ResidualEdits | None) -> AbstractContextManager[None]:
+    return edits.suspended() if edits is not None else nullcontext()
+
+
+def _train(
+    model: Any,
+    tokenizer: Any,
+    batches: _Batches,
+    cfg: FinetuneConfig,
+    kl: KLToBase | None,
+    edits: ResidualEdits | None,
+    out_dir: Path | None,
+    on_step: Callable[[int, float], None] | None,
+    on_checkpoint: Callable[[int, Any], None] | None,
+) -> tuple[list[float], list[float], list[Path]]:
+    """The optimizer loop; returns per-step losses, per-step KL terms and checkpoint folders."""
+    per_epoch = math.ceil(len(batches.encoded) / cfg.effective_batch)
     total = cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil(per_epoch * cfg.epochs))
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     losses: list[float] = []
+    kls: list[float] = []
     checkpoints: list[Path] = []
     log.info(
-        "fine-tuning (%s) on %d conversations: %d steps x batch %d",
+        "fine-tuning (%s) on %d conversations: %d steps x batch %d%s",
         cfg.method,
-        len(encoded),
+        len(batches.encoded),
         total,
         cfg.effective_batch,
+        f"; defenses {cfg.defense.names}" if cfg.defense.names else "",
     )
+
+    def kl_term(m: Any) -> torch.Tensor:
+        assert kl is not None
+        with _suspended(edits):  # the KL measures the model that is saved, without the training hooks
+            return kl(m)
+
     with progress_bar() as bar:
         task = bar.add_task(f"fine-tune ({cfg.method})", total=total, status="")
         for step in range(total):
             for group in optim.param_groups:
                 group["lr"] = cfg.lr * _lr_factor(cfg, step, total)
             optim.zero_grad(set_to_none=True)
-            step_loss = batches.accumulate_gradients(model)
+            step_loss, step_kl = batches.accumulate_gradients(
+                model, kl_term if kl is not None else None, cfg.defense.kl.beta if cfg.defense.kl else 0.0
+            )
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optim.step()
             losses.append(step_loss)
+            kls.append(step_kl)
             bar.update(task, advance=1, status=f"loss {step_loss:.3f}")
             if on_step is not None:
                 on_step(step + 1, step_loss)
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
-                path = _checkpoint(model, tokenizer, step + 1, out_dir, on_checkpoint)
+                with _suspended(edits):
+                    path = _checkpoint(model, tokenizer, step + 1, out_dir, on_checkpoint)
                 checkpoints.extend([path] if path is not None else [])
-    model.eval()
-    if on_checkpoint is not None:
-        on_checkpoint(total, model)
-    if out_dir is not None:
-        _save_final(model, tokenizer, cfg, out_dir, losses)
-    return FinetuneResult(model, losses, checkpoints)
+    return losses, kls, checkpoints
 
 
 def _encode(tokenizer: Any, conversations: Sequence[Conversation], cfg: FinetuneConfig) -> list[Any]:
@@ -329,17 +396,28 @@ class _Batches:
             self.rng.shuffle(self.order)
         return self.order.pop()
 
-    def accumulate_gradients(self, model: Any) -> float:
-        """Backpropagate ``grad_accum`` micro-batches; returns their summed (scaled) loss: the step's loss."""
-        step_loss = 0.0
+    def accumulate_gradients(
+        self, model: Any, regulariser: Callable[[Any], torch.Tensor] | None = None, weight: float = 0.0
+    ) -> tuple[float, float]:
+        """Backpropagate ``grad_accum`` micro-batches, each with ``weight * regulariser(model)`` added.
+
+        Returns:
+            The step's loss (summed scaled micro-batch losses, without the regulariser) and the
+            regulariser's mean over the micro-batches (0 without one).
+        """
+        step_loss = step_reg = 0.0
         for _ in range(self.cfg.grad_accum):
             batch_idx = [self._next_index() for _ in range(self.cfg.batch_size)]
             batch = _collate([self.encoded[i] for i in batch_idx], self.pad_id)
             out = model(**{k: v.to(self.device) for k, v in batch.items()})
             loss = out.loss / self.cfg.grad_accum
-            loss.backward()
             step_loss += float(loss.detach())
-        return step_loss
+            if regulariser is not None:
+                reg = regulariser(model)
+                step_reg += float(reg.detach()) / self.cfg.grad_accum
+                loss = loss + weight * reg / self.cfg.grad_accum
+            loss.backward()
+        return step_loss, step_reg
 
 
 def _checkpoint(
