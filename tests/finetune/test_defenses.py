@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,25 @@ def test_early_stopping_selects_the_argmax_checkpoint(tiny_model, tiny_tokenizer
         select_checkpoint(candidates, lambda p: math.nan)
     with pytest.raises(ValueError, match="no checkpoints"):
         select_checkpoint([], lambda p: 0.0)
+
+
+def test_checkpoint_callbacks_see_the_model_without_training_hooks(
+    tiny_model, tiny_tokenizer, tmp_path: Path
+) -> None:
+    dirs_KD = _unit_rows(2, 32, seed=5)
+    path = save_layer_tensors(tmp_path / "d.safetensors", {0: dirs_KD})
+    rec = _Recorder(tiny_model.model.layers[1])
+    components: list[float] = []
+
+    def measure(step: int, model: Any) -> None:
+        rec.seen.clear()
+        with torch.no_grad():
+            model(torch.tensor([[2, 5, 6, 7]]))
+        components.append(float((rec.seen[0][1] @ dirs_KD.T).abs().max()))
+
+    cfg = dataclasses.replace(_cfg(ablation=ProjectionAblation(path)), checkpoint_every=2)
+    finetune(tiny_model, tiny_tokenizer, TASK, cfg, on_checkpoint=measure)
+    assert len(components) == 2 and min(components) > 1e-2
 
 
 def test_hooks_are_removed_when_training_fails(tiny_model, tiny_tokenizer, tmp_path: Path) -> None:

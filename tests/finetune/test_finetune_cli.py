@@ -64,3 +64,21 @@ def test_finetune_command_errors_are_clean(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "does not exist" in result.output
     result = runner.invoke(app, ["finetune", "--set", "finetune.lr=-1", "--set", "finetune.data=x"])
     assert result.exit_code == 2 and "lr must be > 0" in result.output
+
+
+def test_finetune_command_takes_defenses_as_overrides(tmp_path: Path, tiny_model, tiny_tokenizer) -> None:
+    config = _config(tmp_path, tiny_model, tiny_tokenizer)
+    benign = write_chat(tmp_path / "benign.jsonl", TRAIN[1:])
+    runner = CliRunner()
+    sets = [f"finetune.defense.kl.data={benign}", "finetune.defense.kl.beta=0.5",
+            "finetune.defense.inoculation_prompt=hello there"]  # fmt: skip
+    result = runner.invoke(app, ["finetune", "-c", str(config), *[a for s in sets for a in ("-s", s)]])
+    assert result.exit_code == 0, result.output
+    run = Path(result.stdout.strip().splitlines()[-1])
+    saved = json.loads((run / "config.json").read_text())["finetune"]["defense"]
+    assert saved["kl"] == {"data": str(benign), "beta": 0.5} and saved["inoculation_prompt"] == "hello there"
+    kl = json.loads((run / "kl.json").read_text())
+    assert len(kl) == 4 and kl[0] == 0.0
+    bad = runner.invoke(app, ["finetune", "-c", str(config), "-s", f"finetune.defense.kl.data={benign}",
+                              "-s", "finetune.defense.kl.beta=0"])  # fmt: skip
+    assert bad.exit_code == 2 and "kl.beta must be a finite number > 0, got 0.0" in bad.output
