@@ -48,10 +48,17 @@ class ResidualEdits:
         _, blocks = decoder_layers(_base_module(model))
         self.enabled = True
         self.layers = sorted(set(bases) | set(shifts))
-        self._handles = [
-            blocks[layer].register_forward_hook(partial(self._edit, bases.get(layer), shifts.get(layer)))
-            for layer in self.layers
-        ]
+        self._handles = []
+        for layer in self.layers:
+            # On the block's own device, once: models split over devices keep each block's edit local.
+            device = next(blocks[layer].parameters()).device
+            basis, shift = bases.get(layer), shifts.get(layer)
+            edit = partial(
+                self._edit,
+                None if basis is None else basis.to(device),
+                None if shift is None else shift.to(device),
+            )
+            self._handles.append(blocks[layer].register_forward_hook(edit))
 
     @classmethod
     def from_settings(cls, model: Any, defense: DefenseSettings) -> ResidualEdits | None:
@@ -75,10 +82,9 @@ class ResidualEdits:
         hidden = output if isinstance(output, torch.Tensor) else output[0]
         h = hidden.float()
         if basis_RD is not None:
-            b = basis_RD.to(h.device)
-            h = h - (h @ b.T) @ b
+            h = h - (h @ basis_RD.T) @ basis_RD
         if shift_D is not None:
-            h = h + shift_D.to(h.device)
+            h = h + shift_D
         h = h.to(hidden.dtype)
         return h if isinstance(output, torch.Tensor) else (h, *output[1:])
 
@@ -180,8 +186,8 @@ class KLToBase:
                 with model.disable_adapter():
                     base_logits = model(**batch).logits
         logits = model(**batch).logits
-        logp_base = torch.log_softmax(base_logits.float(), dim=-1)
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        kl_BT = (logp_base.exp() * (logp_base - logp)).sum(-1)
-        mask = batch["attention_mask"].bool()
-        return kl_BT[mask].mean()
+        mask = batch["attention_mask"].bool()  # padding positions are dropped before the vocab-wide maths
+        logp_base_NV = torch.log_softmax(base_logits[mask].float(), dim=-1)
+        logp_NV = torch.log_softmax(logits[mask].float(), dim=-1)
+        kl_N = torch.nn.functional.kl_div(logp_NV, logp_base_NV, reduction="none", log_target=True).sum(-1)
+        return kl_N.mean()
