@@ -316,3 +316,44 @@ def test_defenses_load_from_yaml_style_overrides_and_errors_name_the_key(tmp_pat
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['defense.kl.bta'\]"):
         load_config(FinetuneConfig, None, ["defense.kl.bta=1"])
     assert FinetuneConfig().defense.names == []
+
+
+def _tiny(arch: str, tokenizer: Any) -> Any:
+    import transformers
+
+    torch.manual_seed(0)
+    config_cls, model_cls = {
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),
+    }[arch]
+    config = config_cls(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    return model_cls(config)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma2"])
+def test_every_defense_runs_on_other_architectures(tiny_tokenizer, tmp_path: Path, arch: str) -> None:
+    model = _tiny(arch, tiny_tokenizer)
+    dirs_KD = _unit_rows(2, 32, seed=7)
+    defense = {
+        "ablation": ProjectionAblation(save_layer_tensors(tmp_path / "d.safetensors", {1: dirs_KD})),
+        "steering": PreventativeSteering(
+            save_layer_tensors(tmp_path / "v.safetensors", {0: dirs_KD[0]}), coef=1.0
+        ),
+        "kl": KLRegularisation(write_chat(tmp_path / "b.jsonl", BENIGN), beta=1.0),
+        "interleave": BenignInterleave(tmp_path / "b.jsonl", share=0.5),
+        "inoculation_prompt": INOCULATION,
+    }
+    rec = _Recorder(model.model.norm)  # the final norm reads layer 1's (ablated) output
+    result = finetune(model, tiny_tokenizer, TASK, _cfg(**defense), out_dir=tmp_path / "ft")
+    assert result.kl[0] == 0.0 and len(result.losses) == 4
+    q, _ = torch.linalg.qr(dirs_KD.T)
+    trained = [h for training, h in rec.seen if training]
+    ablated = [h for h in trained if (h @ q).abs().max() < 1e-4 * h.abs().max()]
+    # 4 training forward passes, each ablated, and per step 2 KL passes (base, tuned) without the hooks.
+    assert len(trained) == 12 and len(ablated) == 4
+    assert not any(layer._forward_hooks for layer in model.model.layers)
