@@ -42,9 +42,17 @@ class ConfigError(ValueError):
 
 
 def to_dict(obj: Any) -> Any:
-    """The JSON-ready form of a config: dataclasses to dicts, tuples to lists, paths to strings."""
+    """The JSON-ready form of a config: dataclasses to dicts, tuples to lists, paths to strings.
+
+    A field declared with ``metadata={"omit_when_default": True}`` is left out while it holds its
+    default, so adding such an option to a config keeps the run ids of configs that do not set it.
+    """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {
+            f.name: to_dict(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if not (f.metadata.get("omit_when_default") and getattr(obj, f.name) == _field_default(f))
+        }
     if isinstance(obj, Mapping):
         return {str(k): to_dict(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -54,6 +62,13 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, float) and obj != obj:  # NaN is not JSON
         return None
     return obj
+
+
+def _field_default(f: dataclasses.Field[Any]) -> Any:
+    """A field's default value (a fresh one from its factory); a unique sentinel when it has none."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default if f.default is not dataclasses.MISSING else object()
 
 
 def config_hash(obj: Any, length: int = 12) -> str:

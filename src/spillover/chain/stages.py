@@ -114,7 +114,13 @@ def finetune_stage(
 
     config = {"model": model_identity(model), "finetune": cfg}
     return run_stage(
-        "finetune", config, fn, root=run_root(root), inputs={"data": data}, force=force, seed=cfg.seed
+        "finetune",
+        config,
+        fn,
+        root=run_root(root),
+        inputs={"data": data, **cfg.defense.files()},  # defense files by content (none: no change)
+        force=force,
+        seed=cfg.seed,
     )
 
 
