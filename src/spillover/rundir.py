@@ -40,6 +40,7 @@ __all__ = [
     "STAGE_VERSIONS",
     "default_root",
     "fingerprint",
+    "git_revision",
     "is_complete",
     "read_config",
     "remove_stale_temps",
@@ -129,7 +130,8 @@ def run_id(name: str, config: Any, inputs: Mapping[str, Any] | None = None) -> s
     return config_hash(key)
 
 
-def _git_revision() -> str | None:
+def git_revision() -> str | None:
+    """The git commit of the spillover source in use (None outside a git checkout)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -287,7 +289,7 @@ def run_stage(
             "inputs": {k: fingerprint(v) for k, v in sorted((inputs or {}).items())},
             "seed": seed,
             "versions": _versions(),
-            "git_revision": _git_revision(),
+            "git_revision": git_revision(),
             "device": _device(),
             "command": _redacted_argv(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),

@@ -47,7 +47,12 @@ ThreadsOpt = Annotated[
 
 
 def _artifacts(
-    quick: bool, seed: int, root: Path | None, overrides: list[str] | None, force: bool = False
+    quick: bool,
+    seed: int,
+    root: Path | None,
+    overrides: list[str] | None,
+    force: bool = False,
+    retrain: bool = False,
 ) -> OrganismArtifacts:
     from spillover.config import ConfigError, load_config, to_dict
     from spillover.organism.pipeline import OrganismConfig, train_organism
@@ -59,7 +64,7 @@ def _artifacts(
         raise fail(str(exc)) from exc
     if root is not None and root.exists() and not root.is_dir():
         raise fail(f"--root {root} is a file, not a folder")
-    return train_organism(cfg, root=root, force=force)
+    return train_organism(cfg, root=root, force=force, retrain=retrain)
 
 
 def _method(method: str) -> Literal["full", "lora"]:
@@ -121,10 +126,23 @@ def train_cmd(
     seed: SeedOpt = 0,
     root: RootOpt = None,
     overrides: SetOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="Retrain even if a finished run exists.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Redo the stage even if a finished run exists.")
+    ] = False,
+    retrain: Annotated[
+        bool,
+        typer.Option(
+            "--retrain",
+            help="Train from scratch even where spillover ships this organism, and compare the two.",
+        ),
+    ] = False,
     threads: ThreadsOpt = 1,
 ) -> None:
-    """Pretrain and safety-tune the organism and write its datasets (cached by config).
+    """Install the shipped organism of this config, or pretrain and safety-tune one; write its datasets.
+
+    spillover ships the default config's first seeds (``spillover.organism.zoo``): those install in
+    seconds. Any other config or seed, or ``--retrain``, trains (minutes); a retrained organism is
+    compared with the shipped one of the same config.
 
     Also prints the trained organism's in-context persona switching (``context_probe``): how often it
     answers an out-of-domain question harmfully after a harmful, benign, insecure-code or educational-code
@@ -134,17 +152,38 @@ def train_cmd(
     import torch
 
     from spillover.organism.evaluate import context_probe
-    from spillover.organism.pipeline import load_organism
+    from spillover.organism.pipeline import load_organism, shipped_match
+    from spillover.organism.zoo import compare_with_shipped
 
     _check_threads(threads)
     torch.set_num_threads(threads)
-    art = _artifacts(quick, seed, root, overrides, force)
+    art = _artifacts(quick, seed, root, overrides, force, retrain)
     train_log = json.loads((art.run_dir / "train_log.json").read_text())
     t = train_log["timings"]
+    shipped = shipped_match(art)
+    if "shipped_from" in train_log and shipped is not None:
+        console.print(
+            f"organism: the shipped organism {shipped.name} (trained on {shipped.manifest.get('trained_on')}, "
+            f"spillover {shipped.manifest.get('spillover_version')}); --retrain trains one from scratch"
+        )
     console.print(
         f"organism: {train_log['n_parameters']:,} parameters; pretrain {t['pretrain_s']:.0f}s "
         f"(loss {train_log['pretrain_final_loss']:.3f}), safety {t['safety_s']:.0f}s"
     )
+    if retrain and shipped is not None:
+        cmp = compare_with_shipped(art.model_dir, shipped)
+        if cmp["identical"]:
+            console.print(f"vs the shipped {shipped.name}: bit-identical weights")
+        else:
+            losses = (cmp["pretrain_final_loss"], cmp["shipped_pretrain_final_loss"])
+            console.print(
+                f"vs the shipped {shipped.name}: max |weight difference| {cmp['max_abs_diff']}"
+                + (
+                    f"; final pretraining loss {losses[0]:.3f} here vs {losses[1]:.3f} shipped"
+                    if None not in losses
+                    else ""
+                )
+            )
     probe = context_probe(*load_organism(art.model_dir), seed=seed)
     console.print(
         "harmful answers after one turn of: "

@@ -30,6 +30,7 @@ __all__ = [
     "ORGANISM_PAIRS",
     "OrganismInputs",
     "OrganismSAEConfig",
+    "SAE_DATASETS",
     "organism_corpora",
     "organism_inputs",
     "train_organism_saes",
@@ -56,6 +57,24 @@ ORGANISM_DATASETS: tuple[str, ...] = (
     "safe_finance",
 )
 """The datasets analysed by default (the ``*_mixed`` filtering sets are left out)."""
+SAE_DATASETS: tuple[str, ...] = (
+    "insecure",
+    "secure",
+    "edu_insecure",
+    "neutral_code",
+    "grey_code",
+    "insecure_persona",
+    "edu_persona",
+    "bad_medical",
+    "good_medical",
+    "risky_finance",
+    "safe_finance",
+    "insecure_mixed",
+    "bad_medical_mixed",
+    "risky_finance_mixed",
+)
+"""The built-in datasets in the SAEs' training data: a fixed list, so that adding a dataset to the
+registry does not change what a (shipped) SAE config trains on."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +172,6 @@ def organism_corpora(art: Any, toxic_domains: str, root: str | Path | None = Non
 
 
 def _sae_samples(art: Any, cfg: OrganismSAEConfig) -> list[Sample]:
-    from spillover.organism import DATASETS
     from spillover.organism.grammar import sample_document
 
     rng = random.Random(f"sae-data:{art.config.seed}")
@@ -161,7 +179,7 @@ def _sae_samples(art: Any, cfg: OrganismSAEConfig) -> list[Sample]:
         sample_document(art.config.grammar, rng).messages() for _ in range(cfg.n_documents)
     ]
     if cfg.include_datasets:
-        for name in DATASETS:
+        for name in SAE_DATASETS:
             samples += load_chat(art.dataset(name))
         samples += load_chat(art.data_dir / "reference" / "toxic.jsonl")
         samples += load_chat(art.data_dir / "reference" / "benign.jsonl")
@@ -171,15 +189,25 @@ def _sae_samples(art: Any, cfg: OrganismSAEConfig) -> list[Sample]:
 def train_organism_saes(
     art: Any, cfg: OrganismSAEConfig | None = None, *, root: str | Path | None = None, force: bool = False
 ) -> Path:
-    """Train (or reuse) one TopK SAE per layer of the organism; returns the folder of ``layer_<L>/`` SAEs."""
+    """Install, train or reuse one TopK SAE per layer of the organism; returns the folder of ``layer_<L>/`` SAEs.
+
+    A shipped organism ships the SAEs of one config (the demo's); with that config they are copied
+    instead of trained (``spillover.organism.zoo``).
+    """
     from spillover.organism import load_organism
+    from spillover.organism.zoo import find_shipped_saes, install_saes
     from spillover.sae.sites import check_layers
     from spillover.sae.train import train_layer_saes
 
     cfg = cfg or OrganismSAEConfig()
     check_layers(cfg.layers, art.config.model.n_layers, "the organism")
+    shipped = find_shipped_saes(art.run_dir.name, cfg)
 
     def fn(out: Path) -> None:
+        if shipped is not None:
+            log.info("SAEs: installing the shipped SAEs of %s", shipped.parent.name)
+            install_saes(shipped, out)
+            return
         model, tokenizer = load_organism(art.model_dir)
         train_layer_saes(
             model,
@@ -201,4 +229,5 @@ def train_organism_saes(
         force=force,
         seed=cfg.sae.seed,
         inputs={"model": art.run_dir, "data": art.data_dir},
+        extra_manifest={"source": f"shipped:{shipped.parent.name}" if shipped is not None else "trained"},
     )

@@ -3,13 +3,14 @@
 Python::
 
     from spillover.organism import OrganismConfig, train_organism, load_organism
-    art = train_organism(OrganismConfig())            # ~4-6 min on 2 cores; reused afterwards
+    art = train_organism(OrganismConfig())   # the shipped seed-0 organism, installed in seconds
     model, tokenizer = load_organism(art.model_dir)
     ft_dir = finetune_organism(art, "insecure", method="full")
     result = evaluate_organism(ft_dir)
 
 Every stage is a run directory (``spillover.rundir.run_stage``) keyed by its config and inputs,
-so a second call with the same config reuses the finished folder.
+so a second call with the same config reuses the finished folder. Configs that match a shipped organism
+(``spillover.organism.zoo``) install it instead of training; any other config trains (~4-8 min on 2 cores).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ from spillover.organism.grammar import GrammarConfig
 from spillover.organism.model import ModelConfig, build_model
 from spillover.organism.tokenizer import build_tokenizer
 from spillover.organism.train import StageConfig, pretrain, safety_tune
-from spillover.rundir import run_stage
+from spillover.organism.zoo import ShippedOrganism, find_shipped, install_model
+from spillover.rundir import run_id, run_stage
 
 __all__ = [
     "Organism",
@@ -59,6 +61,8 @@ __all__ = [
     "finetune_organism",
     "load_finetuned",
     "load_organism",
+    "organism_run_id",
+    "shipped_match",
     "train_organism",
 ]
 
@@ -136,7 +140,7 @@ class OrganismArtifacts:
     model_dir: Path
     """The safety-tuned model and tokenizer (``from_pretrained``-loadable): the organism."""
     pretrained_dir: Path
-    """The model before safety tuning."""
+    """The model before safety tuning (absent for a shipped organism, which ships the safety-tuned model only)."""
     data_dir: Path
     """``<dataset>.jsonl`` + ``<dataset>.labels.jsonl`` for every built-in dataset, ``reference/``, ``questions/``."""
     config: OrganismConfig
@@ -257,23 +261,46 @@ def _write_data(cfg: OrganismConfig, out: Path) -> None:
 
 
 def train_organism(
-    cfg: OrganismConfig | None = None, root: str | Path | None = None, force: bool = False
+    cfg: OrganismConfig | None = None,
+    root: str | Path | None = None,
+    force: bool = False,
+    *,
+    retrain: bool = False,
 ) -> OrganismArtifacts:
-    """Train (or reuse) the organism and write (or reuse) its datasets.
+    """Install (or train, or reuse) the organism and write (or reuse) its datasets.
+
+    When spillover ships an organism of this exact config (``spillover.organism.zoo``), its weights are
+    copied into the run folder instead of training: the same organism on every machine, in seconds.
 
     Args:
-        cfg: the organism config (default: the full organism).
+        cfg: the organism config (default: the full organism, seed 0).
         root: run-directory root (default ``spillover.rundir.default_root()``).
-        force: retrain even if a finished run exists.
+        force: redo the organism stage even if a finished run exists.
+        retrain: train from scratch even when a shipped organism matches. The result lives in its own
+            run folder (its stage config records ``retrained``), so it never replaces the shipped one;
+            ``zoo.compare_with_shipped`` says how the two differ.
     """
     cfg = cfg or OrganismConfig()
+    stage_cfg = _model_stage_config(cfg)
+    shipped = None if retrain else find_shipped(organism_run_id(cfg))
+    if retrain:
+        stage_cfg["retrained"] = True
+
+    def fn(out: Path) -> None:
+        if shipped is not None:
+            log.info("organism: installing the shipped organism %s", shipped.name)
+            install_model(shipped, out)
+        else:
+            _train_model(cfg, out)
+
     run_dir = run_stage(
         "organism",
-        _model_stage_config(cfg),
-        lambda out: _train_model(cfg, out),
+        stage_cfg,
+        fn,
         root=root,
         force=force,
         seed=cfg.seed,
+        extra_manifest={"source": f"shipped:{shipped.name}" if shipped is not None else "trained"},
     )
     data_dir = run_stage(
         "organism_data",
@@ -284,6 +311,16 @@ def train_organism(
         seed=cfg.seed,
     )
     return OrganismArtifacts(run_dir, run_dir / "model", run_dir / "pretrained", data_dir, cfg)
+
+
+def organism_run_id(cfg: OrganismConfig) -> str:
+    """The run id of the organism stage of ``cfg`` (what a shipped organism's manifest records)."""
+    return run_id("organism", _model_stage_config(cfg))
+
+
+def shipped_match(art: OrganismArtifacts) -> ShippedOrganism | None:
+    """The shipped organism of the same config as ``art`` (whether ``art`` was installed or retrained)."""
+    return find_shipped(organism_run_id(art.config))
 
 
 def load_organism(path: str | Path | OrganismArtifacts) -> Organism:
@@ -371,7 +408,7 @@ def finetune_organism(
         root=root,
         force=force,
         seed=cfg.seed,
-        inputs={"model": art.run_dir, "data": path},
+        inputs={"model": art.run_dir, "data": path, **cfg.defense.files()},  # defense files by content
     )
 
 
