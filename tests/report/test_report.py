@@ -113,3 +113,32 @@ def test_report_renders_in_headless_chromium(tmp_path, summary):
     assert non_white > 0.05
     assert len(set(pixels)) > 200
     assert any(abs(r - 0xC0) < 40 and g < 110 and b < 110 for r, g, b in pixels)
+
+
+def test_claims_come_first_with_their_verdicts_escaped(summary):
+    from spillover.report.html import render_report
+
+    summary = {
+        **summary,
+        "run": {**summary.get("run", {}), "organisms": [0, 1, 2], "seeds": [0]},
+        "verdicts": [
+            {
+                "claim": "EM: a > b",
+                "measured": "5% vs 1%",
+                "interval": "[+1, +7] pp",
+                "verdict": "held",
+                "criterion": "c",
+            },
+            {
+                "claim": "x <script>",
+                "measured": "–",
+                "interval": "–",
+                "verdict": "not held",
+                "criterion": "c",
+            },
+        ],
+    }
+    page = render_report(summary)
+    assert page.index("Claims") < page.index("EM: a &gt; b") < page.index("x &lt;script&gt;")
+    assert "3 organism(s) x 1 fine-tuning seed(s)" in page
+    assert ">not held</b>" in page and "<script>" not in page

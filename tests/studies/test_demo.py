@@ -25,6 +25,7 @@ def tiny_demo() -> DemoConfig:
     )
     return DemoConfig(
         preset="tiny",
+        organisms=(0, 1),  # two organisms, so every section is pooled
         organism=OrganismConfig(
             model=ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, max_len=160),
             pretrain=StageConfig(steps=6, batch_size=8, lr=3e-3, warmup=1),
@@ -66,6 +67,19 @@ def _check_summary(summary: dict, out: Path) -> None:
     assert {"organism_s", "sae_s", "geometry_s", "em_s", "filtering_s", "dynamics_s"} <= set(
         summary["timings"]
     )
+    # Pooled over 2 organisms x 1 seed: every rate has two units, each organism keeps its own numbers.
+    assert len(summary["em"]["insecure"]["per_seed"]) == 2
+    assert (
+        summary["filtering"]["n_organisms"] == 2 and len(summary["filtering"]["unfiltered"]["per_seed"]) == 2
+    )
+    assert len(summary["geometry"]["per_organism_p"]) == 2
+    assert set(summary["per_organism"]) == {"seed0", "seed1"}
+    assert (
+        summary["per_organism"]["seed1"]["em"]["insecure"]["misaligned_rate"]
+        == summary["em"]["insecure"]["per_seed"][1]
+    )
+    assert {v["verdict"] for v in summary["verdicts"]} <= {"held", "not held", "not measured"}
+    assert any(v["claim"] == "EM: insecure > secure" for v in summary["verdicts"])
     assert json.loads((out / "summary.json").read_text()) == summary
     assert (out / "report.html").read_text().count("data:image/png;base64,") >= 5
 
@@ -105,7 +119,8 @@ def test_tiny_demo_resumes_after_interruption_then_reuses_every_stage(tmp_path, 
     assert len((dynamics_stage / "points.jsonl").read_text().splitlines()) == 3
     assert not list((root / "dynamics").glob(".*.points.jsonl"))
     print_summary(summary)
-    assert "Filtering insecure_mixed" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Filtering insecure_mixed" in printed and "Claims (2 organism(s)" in printed
 
     # 3. Warm: nothing is trained or fine-tuned, the numbers are the same.
     monkeypatch.setattr(pipeline, "_train_model", lambda *a, **k: calls.append("organism"))
@@ -126,6 +141,8 @@ def test_demo_config_rejects_unknown_datasets():
     [
         (["--seeds", "0,x"], "'0,x'"),
         (["--seeds", ","], "no seed"),
+        (["--organisms", "0,a"], "'0,a'"),
+        (["--organisms", "1,1"], "distinct"),
         (["--threads", "0"], "--threads"),
         (["--out", "FILE"], "is a file"),
         (["--root", "FILE"], "is a file"),

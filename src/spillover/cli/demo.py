@@ -2,7 +2,9 @@
 
 spillover demo --out runs/demo              # every stage, cached
 spillover demo --quick --out runs/quick     # a tiny organism: a first look
-spillover demo --seeds 0,1,2                # more fine-tuning seeds (tighter intervals)
+spillover demo --seeds 0,1                  # more fine-tuning seeds (tighter intervals)
+spillover demo --organisms 0                # one shipped organism (a faster, looser look)
+spillover demo --retrain                    # train the organisms from scratch instead of installing them
 """
 
 from __future__ import annotations
@@ -36,12 +38,22 @@ def demo(
     seeds: Annotated[
         str | None, typer.Option("--seeds", help="Comma-separated fine-tuning seeds, e.g. 0,1,2.")
     ] = None,
+    organisms: Annotated[
+        str | None,
+        typer.Option("--organisms", help="Comma-separated organism seeds (default 0,1,2: the shipped ones)."),
+    ] = None,
+    retrain: Annotated[
+        bool,
+        typer.Option(
+            "--retrain", help="Train the organisms from scratch instead of installing shipped ones."
+        ),
+    ] = False,
     threads: Annotated[int, typer.Option("--threads", help="torch CPU threads.")] = 2,
 ) -> None:
     """Run every stage (reusing finished ones), write summary.json and report.html, print a short table."""
     if ctx.invoked_subcommand is not None:
         return
-    cfg = _config(quick, seeds)
+    cfg = _config(quick, seeds, organisms, retrain)
     if threads < 1:
         raise fail(f"--threads must be >= 1, got {threads}")
     for flag, path in (("--out", out), ("--root", root)):
@@ -59,15 +71,27 @@ def demo(
     typer.echo(f"wrote {out / 'summary.json'} and {out / 'report.html'}")
 
 
-def _config(quick: bool, seeds: str | None) -> DemoConfig:
-    """The preset with ``--seeds`` applied; a bad value exits before anything is trained."""
+def _config(
+    quick: bool, seeds: str | None, organisms: str | None = None, retrain: bool = False
+) -> DemoConfig:
+    """The preset with ``--seeds``, ``--organisms`` and ``--retrain`` applied; a bad value exits before anything runs."""
     cfg = DemoConfig.quick() if quick else DemoConfig()
-    if not seeds:
-        return cfg
+    changes: dict[str, object] = {"retrain": retrain}
+    if seeds:
+        changes["seeds"] = _seed_list("--seeds", seeds)
+    if organisms:
+        changes["organisms"] = _seed_list("--organisms", organisms)
     try:
-        parsed = tuple(int(s) for s in seeds.split(",") if s.strip())
+        return replace(cfg, **changes)  # type: ignore[arg-type]
     except ValueError as exc:
-        raise fail(f"--seeds must be comma-separated integers, got {seeds!r}") from exc
+        raise fail(str(exc)) from exc
+
+
+def _seed_list(flag: str, value: str) -> tuple[int, ...]:
+    try:
+        parsed = tuple(int(s) for s in value.split(",") if s.strip())
+    except ValueError as exc:
+        raise fail(f"{flag} must be comma-separated integers, got {value!r}") from exc
     if not parsed:
-        raise fail(f"--seeds names no seed: {seeds!r}")
-    return replace(cfg, seeds=parsed)
+        raise fail(f"{flag} names no seed: {value!r}")
+    return parsed

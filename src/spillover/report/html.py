@@ -20,6 +20,8 @@ in [0, 1], intervals ``[lo, hi]``:
   ({fraction: entry}).
 * ``dynamics``: ``dataset``, ``steps``, ``toxic_activation``, ``misaligned_rate`` (+ ``*_sd``),
   ``pearson_r``.
+* ``verdicts``: list of claims (``claim``, ``measured``, ``interval``, ``verdict``, ``criterion``), shown
+  first when present (the demo's; see ``spillover.studies.demo.verdicts``).
 * ``timings``: ``<stage>_s`` seconds. ``notes``: list of strings. ``run``: facts about the run.
 """
 
@@ -181,7 +183,41 @@ def _filter_table(summary: Mapping[str, Any]) -> str:
     return intro + _table(header, rows)
 
 
+_VERDICT_COLOURS = {"held": "#1e7e34", "not held": "#c0392b"}
+
+
+def _claims(summary: Mapping[str, Any]) -> str:
+    """The first screen: every headline claim with its measurement, interval and verdict."""
+    claims = summary.get("verdicts")
+    if not isinstance(claims, Sequence) or not claims:
+        return ""
+    run = summary.get("run") if isinstance(summary.get("run"), Mapping) else {}
+    assert isinstance(run, Mapping)
+    units = f"{len(run.get('organisms', [])) or 1} organism(s) x {len(run.get('seeds', [])) or 1} fine-tuning seed(s)"
+    rows = []
+    for v in claims:
+        colour = _VERDICT_COLOURS.get(str(v.get("verdict")), "#8a6d3b")
+        rows.append(
+            [
+                html.escape(str(v.get("claim", ""))),
+                html.escape(str(v.get("measured", ""))),
+                html.escape(str(v.get("interval", ""))),
+                f'<b style="color:{colour}">{html.escape(str(v.get("verdict", "")))}</b>',
+                html.escape(str(v.get("criterion", ""))),
+            ]
+        )
+    head = "".join(f"<th>{h}</th>" for h in ("claim", "measured", "interval", "verdict", "criterion"))
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)  # escaped above
+    return (
+        f'<div class="headline"><b>Claims</b> over {units}; 95% intervals. A claim that did not hold is shown '
+        f"as not held.</div><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
 def _headline(summary: Mapping[str, Any]) -> str:
+    claims = _claims(summary)
+    if claims:
+        return claims
     filt = summary.get("filtering")
     if not isinstance(filt, Mapping) or not isinstance(filt.get("geometry"), Mapping):
         return ""
@@ -246,7 +282,7 @@ def render_report(summary: Mapping[str, Any], *, title: str | None = None, sourc
     meta = [f"generated {time.strftime('%Y-%m-%d %H:%M')}"]
     if source:
         meta.append(f"from {html.escape(source)}")
-    for key in ("preset", "seeds", "model", "judge"):
+    for key in ("preset", "organisms", "seeds", "model", "judge"):
         if key in run:
             meta.append(
                 f"{key}: {html.escape(json.dumps(run[key]) if not isinstance(run[key], str) else run[key])}"

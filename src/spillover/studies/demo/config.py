@@ -67,7 +67,12 @@ class DemoConfig:
     preset: str = "full"
     """A name recorded in the summary."""
     organism: OrganismConfig = field(default_factory=OrganismConfig)
-    """The organism trained (or reused)."""
+    """The organism config; its seed is replaced by each of ``organisms``."""
+    organisms: tuple[int, ...] = (0, 1, 2)
+    """Organism seeds. spillover ships the default config's first seeds (``spillover.organism.zoo``), which
+    install in seconds; any other seed or config trains. Every claim pools over organisms x ``seeds``."""
+    retrain: bool = False
+    """Train the organisms from scratch even where spillover ships them (each into its own run folder)."""
     sae: OrganismSAEConfig = field(default_factory=_sae_default)
     """The organism's SAEs."""
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
@@ -97,6 +102,8 @@ class DemoConfig:
             raise ValueError(f"unknown organism datasets {unknown}; built-in: {sorted(DATASETS)}")
         if not self.seeds:
             raise ValueError("at least one seed is needed")
+        if not self.organisms or len(set(self.organisms)) != len(self.organisms):
+            raise ValueError(f"organisms must name one or more distinct seeds, got {self.organisms}")
 
     @classmethod
     def quick(cls) -> DemoConfig:
@@ -110,6 +117,7 @@ class DemoConfig:
         return cls(
             preset="quick",
             organism=organism,
+            organisms=(0,),
             sae=OrganismSAEConfig(
                 sae=SAETrainConfig(d_sae=256, k=8, training_tokens=200_000, batch_size=512), n_documents=800
             ),

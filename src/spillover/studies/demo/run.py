@@ -13,10 +13,18 @@ from typing import Any, NamedTuple
 
 from spillover.config import config_hash, to_dict
 from spillover.organism.pipeline import OrganismArtifacts
-from spillover.rundir import default_root
+from spillover.rundir import default_root, git_revision
 from spillover.studies.demo.config import DemoConfig
+from spillover.studies.demo.pooled import pooled_filtering
 from spillover.studies.demo.stages import em_runs, exact_em, geometry_stage, seeded_eval, spillover_stage
-from spillover.studies.demo.summary import clean_nans, geometry_section, summary_notes
+from spillover.studies.demo.summary import (
+    clean_nans,
+    geometry_section,
+    per_organism,
+    pooled_geometry,
+    summary_notes,
+)
+from spillover.studies.demo.verdicts import verdicts
 
 __all__ = ["run_demo"]
 
@@ -34,7 +42,8 @@ class _Timer:
         try:
             yield
         finally:
-            self.timings[f"{name}_s"] = round(time.perf_counter() - start, 2)
+            key = f"{name}_s"  # a step run once per organism adds up
+            self.timings[key] = round(self.timings.get(key, 0.0) + time.perf_counter() - start, 2)
 
 
 class _Inputs(NamedTuple):
@@ -56,6 +65,9 @@ class _Run:
     stages: dict[str, str] = field(default_factory=dict)
     """Step name -> its stage folder, for the summary."""
     summary: dict[str, Any] = field(default_factory=dict)
+    per_organism_em: list[dict[str, Any]] = field(default_factory=list)
+    per_organism_filtering: list[dict[str, Any]] = field(default_factory=list)
+    per_organism_dynamics: list[dict[str, Any]] = field(default_factory=list)
 
 
 def run_demo(
@@ -66,6 +78,10 @@ def run_demo(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or reuse) every stage and write ``summary.json`` and ``report.html`` into ``out``.
+
+    Every step runs on each organism of ``cfg.organisms``; the summary's sections pool over organisms x
+    fine-tuning seeds, ``per_organism`` keeps each organism's own numbers, and ``verdicts`` states every
+    headline claim with its interval and whether it held.
 
     Args:
         cfg: what to run.
@@ -84,112 +100,155 @@ def run_demo(
         "title": "spillover demo on the model organism",
         "preset": cfg.preset,
         "seeds": list(cfg.seeds),
+        "organisms": list(cfg.organisms),
         "model": f"organism {config_hash(cfg.organism)}",
         "judge": "organism_rule",
         "root": str(root),
+        "git_revision": git_revision(),
         "config": to_dict(cfg),
     }
-    inputs = _organism(run)
-    report = _geometry(run, inputs)
-    risk_layer = report["layers"][report["risk"]["layers"][0]]["site"]["layer"]
-    _em(run, inputs.art)
-    run.summary["geometry"] = geometry_section(report, run.summary["em"])
-    sae_dir = inputs.sae_root / f"layer_{risk_layer}"
-    _spillover(run, inputs, risk_layer)
-    _filtering(run, inputs, sae_dir)
-    _dynamics(run, inputs, sae_dir)
+    organisms = _organisms(run)
+    reports = [_geometry(run, o) for o in organisms]
+    layers = [int(r["layers"][r["risk"]["layers"][0]]["site"]["layer"]) for r in reports]
+    _em(run, [o.art for o in organisms])
+    sections = [geometry_section(r, em) for r, em in zip(reports, run.per_organism_em, strict=True)]
+    run.summary["geometry"] = pooled_geometry(sections, run.summary["em"])
+    _spillover(run, organisms[0], layers[0])
+    _filtering(run, organisms, layers)
+    _dynamics(run, organisms, layers)
+    run.summary["per_organism"] = per_organism(
+        organisms, sections, run.per_organism_em, run.per_organism_filtering, run.per_organism_dynamics
+    )
+    run.summary["verdicts"] = verdicts(run.summary)
     run.summary["timings"] = {**run.timer.timings, "total_s": round(time.perf_counter() - started, 2)}
     run.summary["stages"] = run.stages
     run.summary["notes"] = summary_notes(run.summary)
     return _write(out, run.summary)
 
 
-def _organism(run: _Run) -> _Inputs:
+def _organisms(run: _Run) -> list[_Inputs]:
     from spillover.organism.inputs import organism_corpora, train_organism_saes
     from spillover.organism.pipeline import train_organism
 
-    run.say("organism: train or reuse")
-    with run.timer.stage("organism"):
-        art = train_organism(run.cfg.organism, root=run.root)
-    run.stages["organism"] = str(art.run_dir)
-    run.say("SAEs: train or reuse")
-    with run.timer.stage("sae"):
-        sae_root = train_organism_saes(art, run.cfg.sae, root=run.root)
-    run.stages["sae"] = str(sae_root)
-    return _Inputs(art, sae_root, organism_corpora(art, run.cfg.toxic_domains, run.root))
+    found = []
+    for seed in run.cfg.organisms:
+        tag = f"organism {seed}"
+        run.say(f"{tag}: install, train or reuse (and its SAEs)")
+        with run.timer.stage("organism"):
+            art = train_organism(replace(run.cfg.organism, seed=seed), root=run.root, retrain=run.cfg.retrain)
+        with run.timer.stage("sae"):
+            sae_root = train_organism_saes(art, run.cfg.sae, root=run.root)
+        if run.cfg.retrain:
+            _compare_with_shipped(run, art)
+        run.stages[f"organism_{seed}"] = str(art.run_dir)
+        run.stages[f"sae_{seed}"] = str(sae_root)
+        found.append(_Inputs(art, sae_root, organism_corpora(art, run.cfg.toxic_domains, run.root)))
+    return found
+
+
+def _compare_with_shipped(run: _Run, art: OrganismArtifacts) -> None:
+    """Record how a retrained organism differs from the shipped one of its config (if one is shipped)."""
+    from spillover.organism.pipeline import shipped_match
+    from spillover.organism.zoo import compare_with_shipped
+
+    entry = shipped_match(art)
+    if entry is not None:
+        cmp = compare_with_shipped(art.model_dir, entry)
+        run.summary["run"].setdefault("retrained_vs_shipped", {})[entry.name] = cmp
 
 
 def _geometry(run: _Run, inputs: _Inputs) -> dict[str, Any]:
-    run.say("geometry of every dataset vs the toxic features")
+    seed = inputs.art.config.seed
+    run.say(f"geometry of every dataset vs the toxic features (organism {seed})")
     with run.timer.stage("geometry"):
         geo_dir = geometry_stage(inputs.art, inputs.sae_root, inputs.corpora, run.cfg, run.root)
-    run.stages["geometry"] = str(geo_dir)
+    run.stages[f"geometry_{seed}"] = str(geo_dir)
     report: dict[str, Any] = json.loads((geo_dir / "geometry.json").read_text())
     return report
 
 
-def _em(run: _Run, art: OrganismArtifacts) -> None:
+def _em(run: _Run, arts: list[OrganismArtifacts]) -> None:
     from spillover.organism.pipeline import evaluate_organism
     from spillover.studies.filtering import ood_hits, rate_with_ci
 
     with run.timer.stage("em"):
         run.say("EM before fine-tuning")
-        base = evaluate_organism(art.model_dir, seeded_eval(run.cfg, run.cfg.seeds[0]), root=run.root)
+        bases = [
+            evaluate_organism(a.model_dir, seeded_eval(run.cfg, run.cfg.seeds[0]), root=run.root)
+            for a in arts
+        ]
         run.summary["em_baseline"] = {
-            **rate_with_ci([ood_hits(base.records)]),
-            "coherent_rate": base.ood_coherent,
-            **exact_em([base.em_probability]),
+            **rate_with_ci([ood_hits(b.records) for b in bases]),
+            "coherent_rate": sum(b.ood_coherent or 0.0 for b in bases) / len(bases),
+            **exact_em([b.em_probability for b in bases]),
         }
-        run.summary["em"] = em_runs(art, run.cfg, run.root, run.say)
+        run.summary["em"], run.per_organism_em = em_runs(arts, run.cfg, run.root, run.say)
 
 
 def _spillover(run: _Run, inputs: _Inputs, layer: int) -> None:
     cfg = run.cfg.spillover
     if cfg is None:
         return
-    run.say(f"spillover measurement ({cfg.dataset})")
+    run.say(f"spillover measurement ({cfg.dataset}, organism {inputs.art.config.seed})")
     with run.timer.stage("spillover"):
         sp_dir = spillover_stage(inputs.art, inputs.sae_root, inputs.corpora, cfg, layer, run.root)
     run.stages["spillover"] = str(sp_dir)
     run.summary["spillover"] = json.loads((sp_dir / "spillover.json").read_text())
 
 
-def _filtering(run: _Run, inputs: _Inputs, sae_dir: Path) -> None:
+def _filtering(run: _Run, organisms: list[_Inputs], layers: list[int]) -> None:
     if run.cfg.filtering is None:
         return
     from spillover.studies.filtering import run_filter_experiment
 
     fcfg = replace(run.cfg.filtering, seeds=run.cfg.seeds)
+    sections = []
     with run.timer.stage("filtering"):
-        run.summary["filtering"] = run_filter_experiment(
-            inputs.art,
-            sae_dir,
-            fcfg,
-            toxic=inputs.corpora / "toxic.jsonl",
-            benign=inputs.corpora / "benign.jsonl",
-            root=run.root,
-            on_run=lambda label: run.say(f"filtering: {label}"),
-        )
+        for inputs, layer in zip(organisms, layers, strict=True):
+            say = _prefixed(run.say, f"filtering (organism {inputs.art.config.seed}): ")
+            sections.append(
+                run_filter_experiment(
+                    inputs.art,
+                    inputs.sae_root / f"layer_{layer}",
+                    fcfg,
+                    toxic=inputs.corpora / "toxic.jsonl",
+                    benign=inputs.corpora / "benign.jsonl",
+                    root=run.root,
+                    on_run=say,
+                )
+            )
+    run.per_organism_filtering = sections
+    run.summary["filtering"] = pooled_filtering(sections)
 
 
-def _dynamics(run: _Run, inputs: _Inputs, sae_dir: Path) -> None:
+def _prefixed(say: Callable[[str], None], prefix: str) -> Callable[[str], None]:
+    return lambda label: say(prefix + label)
+
+
+def _dynamics(run: _Run, organisms: list[_Inputs], layers: list[int]) -> None:
     if run.cfg.dynamics is None:
         return
     from spillover.studies.dynamics import organism_dynamics
 
-    run.say(f"training dynamics ({run.cfg.dynamics.dataset})")
     dcfg = replace(run.cfg.dynamics, seeds=run.cfg.seeds)
+    found = []
     with run.timer.stage("dynamics"):
-        dyn_dir = organism_dynamics(
-            inputs.art,
-            sae_dir,
-            dcfg,
-            toxic=inputs.corpora / "toxic.jsonl",
-            benign=inputs.corpora / "benign.jsonl",
-            root=run.root,
-        )
-    run.stages["dynamics"] = str(dyn_dir)
-    run.summary["dynamics"] = json.loads((dyn_dir / "dynamics.json").read_text())
+        for inputs, layer in zip(organisms, layers, strict=True):
+            seed = inputs.art.config.seed
+            run.say(f"training dynamics ({dcfg.dataset}, organism {seed})")
+            dyn_dir = organism_dynamics(
+                inputs.art,
+                inputs.sae_root / f"layer_{layer}",
+                dcfg,
+                toxic=inputs.corpora / "toxic.jsonl",
+                benign=inputs.corpora / "benign.jsonl",
+                root=run.root,
+            )
+            run.stages[f"dynamics_{seed}"] = str(dyn_dir)
+            found.append(json.loads((dyn_dir / "dynamics.json").read_text()))
+    run.per_organism_dynamics = found
+    # The first organism's curve is the one plotted; the claim pools every organism's correlation.
+    run.summary["dynamics"] = {**found[0], "per_organism_pearson_r": [d.get("pearson_r") for d in found]}
 
 
 def _write(out: Path, summary: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from spillover.config import to_dict
 from spillover.organism.evaluate import EvalConfig
@@ -123,45 +123,85 @@ def spillover_stage(
 
 
 def em_runs(
-    art: OrganismArtifacts, cfg: DemoConfig, root: Path, progress: Callable[[str], None]
-) -> dict[str, Any]:
-    """Fine-tune on every EM dataset with every seed and evaluate: the misaligned rate with its interval."""
-    from spillover.organism.datasets import DATASETS
-    from spillover.organism.pipeline import evaluate_organism, finetune_config, finetune_organism
-    from spillover.studies.filtering import in_domain_rate, ood_hits, rate_with_ci
+    arts: list[OrganismArtifacts], cfg: DemoConfig, root: Path, progress: Callable[[str], None]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Fine-tune every organism on every EM dataset with every seed and evaluate.
 
-    out: dict[str, Any] = {}
+    Returns:
+        The pooled entry per dataset (the misaligned rate over all organism x seed units, with its
+        interval; ``per_seed`` lists the units organism by organism), and the same per organism.
+    """
+    from spillover.organism.datasets import DATASETS
+
+    pooled: dict[str, Any] = {}
+    per_organism: list[dict[str, Any]] = [{} for _ in arts]
     for name in cfg.em_datasets:
-        hits, coherent, in_domain, exact = [], [], [], []
-        for seed in cfg.seeds:
-            progress(f"fine-tune {name} (seed {seed})")
-            ft_cfg = finetune_config(cfg.finetune_method, seed=seed)
-            if cfg.finetune_steps is not None:
-                ft_cfg = replace(ft_cfg, max_steps=cfg.finetune_steps)
-            dyn = cfg.dynamics
-            if (
-                dyn is not None
-                and dyn.dataset == name
-                and dyn.finetune_method == cfg.finetune_method
-                and dyn.finetune_steps == cfg.finetune_steps
-            ):
-                # The same fine-tune as the dynamics run (checkpoints saved), so the stage is shared.
-                ft_cfg = replace(ft_cfg, checkpoint_every=dyn.checkpoint_every)
-            ft = finetune_organism(art, name, cfg.finetune_method, ft_cfg, root=root)
-            result = evaluate_organism(ft, seeded_eval(cfg, seed), root=root)
-            hits.append(ood_hits(result.records))
-            coherent.append(result.ood_coherent)
-            in_domain.append(in_domain_rate(result, name))
-            exact.append(result.em_probability)
-        entry = rate_with_ci(hits)
-        entry.update(
-            coherent_rate=_mean(coherent),
-            in_domain=_mean(in_domain),
-            inducing=DATASETS[name].inducing,
-            **exact_em(exact),
+        runs = [
+            [_em_run(art, name, seed, cfg, root, progress, len(arts) > 1) for seed in cfg.seeds]
+            for art in arts
+        ]
+        for i, organism_runs in enumerate(runs):
+            per_organism[i][name] = _em_entry(organism_runs, DATASETS[name].inducing)
+        pooled[name] = _em_entry(
+            [r for organism_runs in runs for r in organism_runs], DATASETS[name].inducing
         )
-        out[name] = entry
-    return out
+    return pooled, per_organism
+
+
+class _EMRun(NamedTuple):
+    hits: Any
+    coherent: float | None
+    in_domain: float | None
+    exact: Any
+
+
+def _em_run(
+    art: OrganismArtifacts,
+    name: str,
+    seed: int,
+    cfg: DemoConfig,
+    root: Path,
+    progress: Callable[[str], None],
+    say_organism: bool,
+) -> _EMRun:
+    from spillover.organism.pipeline import evaluate_organism, finetune_config, finetune_organism
+    from spillover.studies.filtering import in_domain_rate, ood_hits
+
+    progress(
+        f"fine-tune {name}"
+        + (f" (organism {art.config.seed}, seed {seed})" if say_organism else f" (seed {seed})")
+    )
+    ft_cfg = finetune_config(cfg.finetune_method, seed=seed)
+    if cfg.finetune_steps is not None:
+        ft_cfg = replace(ft_cfg, max_steps=cfg.finetune_steps)
+    dyn = cfg.dynamics
+    if (
+        dyn is not None
+        and dyn.dataset == name
+        and dyn.finetune_method == cfg.finetune_method
+        and dyn.finetune_steps == cfg.finetune_steps
+    ):
+        # The same fine-tune as the dynamics run (checkpoints saved), so the stage is shared.
+        ft_cfg = replace(ft_cfg, checkpoint_every=dyn.checkpoint_every)
+    ft = finetune_organism(art, name, cfg.finetune_method, ft_cfg, root=root)
+    result = evaluate_organism(ft, seeded_eval(cfg, seed), root=root)
+    return _EMRun(
+        ood_hits(result.records), result.ood_coherent, in_domain_rate(result, name), result.em_probability
+    )
+
+
+def _em_entry(runs: list[_EMRun], inducing: bool) -> dict[str, Any]:
+    from spillover.studies.filtering import rate_with_ci
+
+    entry = rate_with_ci([r.hits for r in runs])
+    entry.update(
+        coherent_rate=_mean([r.coherent for r in runs]),
+        coherent_min=min((r.coherent for r in runs if r.coherent is not None), default=None),
+        in_domain=_mean([r.in_domain for r in runs]),
+        inducing=inducing,
+        **exact_em([r.exact for r in runs]),
+    )
+    return entry
 
 
 def exact_em(estimates: list[Any]) -> dict[str, Any]:

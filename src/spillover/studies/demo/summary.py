@@ -6,7 +6,17 @@ from typing import Any
 
 from spillover.filtering.sets import FILTER_METHODS
 
-__all__ = ["clean_nans", "geometry_section", "print_summary", "summary_notes"]
+__all__ = [
+    "clean_nans",
+    "geometry_section",
+    "per_organism",
+    "pooled_geometry",
+    "print_summary",
+    "summary_notes",
+]
+
+_DATASET_MEANS = ("score", "mean_max", "proximity", "mean_diff", "null_mean_max")
+"""Per-dataset geometry numbers averaged over organisms in the pooled section."""
 
 
 def geometry_section(report: dict[str, Any], em: dict[str, Any]) -> dict[str, Any]:
@@ -50,6 +60,13 @@ def geometry_section(report: dict[str, Any], em: dict[str, Any]) -> dict[str, An
             "inducing": info["role"] == "inducing",
             "role": info["role"],
         }
+    section["per_layer_p"] = {
+        str(layer["site"]["layer"] if layer["site"]["layer"] is not None else key): layer["comparison"][
+            "feature_level"
+        ]["permutation"]["p_value"]
+        for key, layer in report["layers"].items()
+        if layer.get("comparison")
+    }
     comp = report["layers"][layer_key].get("comparison")
     if comp:
         section["p_value"] = comp["feature_level"]["permutation"]["p_value"]
@@ -71,6 +88,105 @@ def geometry_section(report: dict[str, Any], em: dict[str, Any]) -> dict[str, An
         ).statistic
         section["spearman_vs_em"] = None if rho != rho else float(rho)
     return section
+
+
+def pooled_geometry(sections: list[dict[str, Any]], em: dict[str, Any]) -> dict[str, Any]:
+    """The geometry section over several organisms (one :func:`geometry_section` each).
+
+    Per dataset, the organisms' scores and measures are averaged (``cosines``, the plotted distribution,
+    are the first organism's). The inducing-vs-control test combines the organisms' one-sided p-values
+    with Stouffer's method, at the risk layer (``p_value``) and at every layer (``per_layer_p``); the
+    score-vs-EM Spearman correlation uses the averaged scores and the pooled misaligned rates.
+    """
+    from spillover.studies.demo.pooled import combine_pvalues, spearman_with_p
+
+    if len(sections) == 1:
+        out = dict(sections[0])
+    else:
+        out = {k: v for k, v in sections[0].items() if not isinstance(v, dict) or "score" not in v}
+        for name, first in sections[0].items():
+            if not isinstance(first, dict) or "score" not in first:
+                continue
+            entry = dict(first)
+            for key in _DATASET_MEANS:
+                values = [s[name][key] for s in sections if s.get(name, {}).get(key) is not None]
+                entry[key] = sum(values) / len(values) if values else None
+            entry["per_organism_score"] = [s.get(name, {}).get("score") for s in sections]
+            out[name] = entry
+        for key in ("mean_inducing", "mean_control"):
+            values = [s[key] for s in sections if s.get(key) is not None]
+            out[key] = sum(values) / len(values) if values else None
+    out["n_organisms"] = len(sections)
+    out["per_organism_p"] = [s.get("p_value") for s in sections]
+    out["p_value"] = combine_pvalues(out["per_organism_p"])
+    out["paired_p_value"] = combine_pvalues([s.get("paired_p_value") for s in sections])
+    layers = sorted({k for s in sections for k in s.get("per_layer_p", {})}, key=str)
+    out["per_layer_p"] = {
+        k: combine_pvalues([s.get("per_layer_p", {}).get(k) for s in sections]) for k in layers
+    }
+    if len(sections) > 1:
+        out["test"] = (
+            "permutation test of nearest-toxic cosines, inducing vs control latents (stratified by pair), "
+            f"one-sided, Stouffer-combined over {len(sections)} organisms"
+        )
+    shared = [n for n in em if out.get(n, {}).get("score") is not None]
+    if len(shared) >= 3:
+        sp = spearman_with_p([out[n]["score"] for n in shared], [em[n]["misaligned_rate"] for n in shared])
+        out["spearman_vs_em"], out["spearman_p_value"] = sp["rho"], sp["p_value"]
+    return out
+
+
+def per_organism(
+    organisms: list[Any],
+    sections: list[dict[str, Any]],
+    em: list[dict[str, Any]],
+    filtering: list[dict[str, Any]],
+    dynamics: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Each organism's own headline numbers, keyed ``seed<N>`` (what a shipped organism's manifest records).
+
+    Args:
+        organisms: the demo's organisms (anything with ``.art``, an ``OrganismArtifacts``).
+        sections: their geometry sections; em: their EM entries per dataset.
+        filtering: their filtering sections (empty when filtering was skipped).
+        dynamics: their dynamics results (empty when skipped).
+    """
+    filt = filtering
+    out: dict[str, Any] = {}
+    for i, (section, em_i, inputs) in enumerate(zip(sections, em, organisms, strict=True)):
+        entry: dict[str, Any] = {
+            "organism_run": inputs.art.run_dir.name,
+            "em": {
+                name: {
+                    k: e.get(k)
+                    for k in (
+                        "misaligned_rate",
+                        "ci",
+                        "coherent_rate",
+                        "in_domain",
+                        "em_probability",
+                        "em_probability_ci",
+                    )
+                }
+                for name, e in em_i.items()
+            },
+            "geometry": {
+                "layer": section.get("layer"),
+                "p_value": section.get("p_value"),
+                "per_layer_p": section.get("per_layer_p"),
+                "spearman_vs_em": section.get("spearman_vs_em"),
+            },
+        }
+        if i < len(filt):
+            entry["filtering"] = {
+                m: filt[i][m].get("relative_reduction")
+                for m in filt[i]
+                if isinstance(filt[i][m], dict) and "relative_reduction" in filt[i][m]
+            }
+        if i < len(dynamics):
+            entry["dynamics_pearson_r"] = dynamics[i].get("pearson_r")
+        out[f"seed{inputs.art.config.seed}"] = entry
+    return out
 
 
 def summary_notes(summary: dict[str, Any]) -> list[str]:
@@ -95,15 +211,26 @@ def summary_notes(summary: dict[str, Any]) -> list[str]:
                 f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]" if ci else ""
             )
 
+        units = len(filt.get("seeds", [])) * filt.get("n_organisms", 1)
         notes.append(
-            f"Relative EM reduction at {100 * filt.get('fraction', 0):.0f}% removal over {len(filt.get('seeds', []))} "
-            f"seed(s): geometry {rr(g)}, random {rr(r)}"
+            f"Relative EM reduction at {100 * filt.get('fraction', 0):.0f}% removal over {units} "
+            f"organism x seed unit(s): geometry {rr(g)}, random {rr(r)}"
             + (
                 f", judge {rr(filt['judge'])}"
                 if filt.get("judge", {}).get("relative_reduction") is not None
                 else ""
             )
             + " (95% intervals; the paper reports a 34.5% reduction for geometry at 50%, most likely relative)."
+        )
+    for name, cmp in summary.get("run", {}).get("retrained_vs_shipped", {}).items():
+        notes.append(
+            f"Retrained organism vs the shipped {name}: "
+            + (
+                "bit-identical weights."
+                if cmp.get("identical")
+                else f"different weights (max |difference| {cmp.get('max_abs_diff')}); its numbers are not the "
+                "shipped organism's."
+            )
         )
     if summary.get("run", {}).get("preset") == "quick":
         notes.append(
@@ -184,11 +311,17 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
                 pct(e.get("in_domain")),
             )
         console.print(t)
-    dyn = summary.get("dynamics")
-    if dyn and dyn.get("pearson_r") is not None:
-        console.print(
-            f"dynamics ({dyn.get('dataset')}): toxic activation vs misaligned rate over steps, r = {dyn['pearson_r']:.2f}"
-        )
+    claims = summary.get("verdicts") or []
+    if claims:
+        n_org = len(summary.get("run", {}).get("organisms", [])) or 1
+        n_seeds = len(summary.get("run", {}).get("seeds", [])) or 1
+        t = Table(title=f"Claims ({n_org} organism(s) x {n_seeds} fine-tuning seed(s); 95% intervals)")
+        for col in ("claim", "measured", "interval", "verdict"):
+            t.add_column(col, overflow="fold")
+        for v in claims:
+            style = {"held": "green", "not held": "red"}.get(v["verdict"], "yellow")
+            t.add_row(v["claim"], v["measured"], v["interval"], f"[{style}]{v['verdict']}[/]")
+        console.print(t)
     timings = summary.get("timings", {})
     if timings:
         console.print("time: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f}s" for k, v in timings.items()))

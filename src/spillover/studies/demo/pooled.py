@@ -1,0 +1,149 @@
+"""Claims pooled over organisms x fine-tuning seeds: EM contrasts, geometry p-values, filtering, dynamics.
+
+A *unit* is one fine-tune (an organism and a seed) with its 0/1 misaligned flags per evaluated answer.
+Intervals come from the two-level bootstrap the filtering experiment uses (units resampled with
+replacement, the same units for both arms of a paired comparison, then each unit's rate drawn from its
+Jeffreys posterior), so organism-to-organism variation is part of every interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from spillover.studies.filtering_stats import paired_bootstrap, rate_with_ci
+
+__all__ = [
+    "combine_pvalues",
+    "hits_from_entry",
+    "paired_difference",
+    "pooled_filtering",
+    "spearman_with_p",
+]
+
+
+def hits_from_entry(entry: Mapping[str, Any]) -> list[np.ndarray]:
+    """Per-unit 0/1 flags rebuilt from a rate entry's ``per_seed`` rates and ``n_answers``.
+
+    Every estimator downstream depends on a unit's flags only through their count and sum, so the
+    rebuilt arrays give the same intervals as the originals.
+    """
+    out = []
+    for rate, n in zip(entry["per_seed"], entry["n_answers"], strict=True):
+        k = 0 if rate is None or rate != rate else round(float(rate) * int(n))
+        out.append(np.r_[np.ones(k), np.zeros(int(n) - k)])
+    return out
+
+
+def _unit_draws(hits: Sequence[np.ndarray], pick: np.ndarray, rng: np.random.Generator) -> float:
+    rates = [rng.beta(h.sum() + 0.5, h.size - h.sum() + 0.5) for h in (hits[i] for i in pick) if h.size]
+    return float(np.mean(rates)) if rates else float("nan")
+
+
+def paired_difference(
+    a: Sequence[np.ndarray], b: Sequence[np.ndarray], *, n_boot: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """Mean rate of ``a`` minus that of ``b`` over paired units, and their ratio, with 95% intervals."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"need the same non-zero number of units, got {len(a)} and {len(b)}")
+    rng = np.random.default_rng(seed)
+    diff, ratio = np.empty(n_boot), np.empty(n_boot)
+    for i in range(n_boot):
+        pick = rng.integers(0, len(a), size=len(a))
+        ra, rb = _unit_draws(a, pick, rng), _unit_draws(b, pick, rng)
+        diff[i], ratio[i] = ra - rb, ra / rb if rb > 0 else np.inf
+    mean_a = float(np.mean([h.mean() for h in a if h.size]))
+    mean_b = float(np.mean([h.mean() for h in b if h.size]))
+    return {
+        "a": mean_a,
+        "b": mean_b,
+        "difference": mean_a - mean_b,
+        "difference_ci": [float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975))],
+        "ratio": mean_a / mean_b if mean_b > 0 else None,
+        "ratio_ci": [float(np.quantile(ratio, 0.025)), float(np.quantile(ratio, 0.975))],
+        "n_units": len(a),
+    }
+
+
+def combine_pvalues(p_values: Sequence[float | None]) -> float | None:
+    """Stouffer's combination of independent one-sided p-values (one per organism).
+
+    Unlike Fisher's method, which a single strong organism can carry, Stouffer's sums the z-scores, so
+    organisms that point the other way count against the claim.
+    """
+    from scipy.stats import norm
+
+    clean = [min(max(float(p), 1e-9), 1 - 1e-9) for p in p_values if p is not None and p == p]
+    if not clean:
+        return None
+    z = norm.isf(np.array(clean))
+    return float(norm.sf(z.sum() / np.sqrt(len(z))))
+
+
+def spearman_with_p(
+    x: Sequence[float], y: Sequence[float], *, n_perm: int = 10_000, seed: int = 0
+) -> dict[str, Any]:
+    """Spearman's rho and its one-sided permutation p-value (rho > 0); exact for up to 7 points."""
+    from itertools import permutations
+
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(x), rankdata(y)
+    if len(rx) < 3 or np.ptp(rx) == 0 or np.ptp(ry) == 0:
+        return {"rho": None, "p_value": None, "n": len(rx)}
+    rho = float(np.corrcoef(rx, ry)[0, 1])
+    if len(ry) <= 7:
+        null = np.array([np.corrcoef(rx, np.array(p))[0, 1] for p in permutations(ry)])
+    else:
+        rng = np.random.default_rng(seed)
+        null = np.array([np.corrcoef(rx, rng.permutation(ry))[0, 1] for _ in range(n_perm)])
+    return {"rho": rho, "p_value": float(np.mean(null >= rho - 1e-12)), "n": len(rx)}
+
+
+def pooled_filtering(sections: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One filtering section pooled over organisms (each a ``run_filter_experiment`` section).
+
+    Every method's headline entry is re-estimated over all units, paired with the unfiltered fine-tune of
+    the same unit; ``geometry_vs`` compares geometry filtering with each other filter directly
+    (``relative_reduction`` = 1 - EM(geometry) / EM(other), paired by unit).
+    """
+    first = sections[0]
+    methods = [m for m in first if isinstance(first[m], dict) and "by_fraction" in first[m]]
+    base = [h for s in sections for h in hits_from_entry(s["unfiltered"])]
+    pooled: dict[str, Any] = {
+        "dataset": first["dataset"],
+        "fraction": first["fraction"],
+        "fractions": first["fractions"],
+        "seeds": first["seeds"],
+        "n_organisms": len(sections),
+        "schedule": first.get("schedule"),
+        "unfiltered": {
+            **rate_with_ci(base),
+            "coherent_rate": _mean(s["unfiltered"].get("coherent_rate") for s in sections),
+            "in_domain": _mean(s["unfiltered"].get("in_domain") for s in sections),
+            "fraction_removed": 0.0,
+        },
+    }
+    hits: dict[str, list[np.ndarray]] = {}
+    for m in methods:
+        hits[m] = [h for s in sections for h in hits_from_entry(s[m])]
+        pooled[m] = {
+            **paired_bootstrap(hits[m], base),
+            "coherent_rate": _mean(s[m].get("coherent_rate") for s in sections),
+            "in_domain": _mean(s[m].get("in_domain") for s in sections),
+            "fraction_removed": first[m].get("fraction_removed"),
+            "score": first[m].get("score"),
+            "per_organism_reduction": [s[m].get("relative_reduction") for s in sections],
+        }
+    if "geometry" in hits:
+        pooled["geometry_vs"] = {
+            m: paired_bootstrap(hits["geometry"], hits[m]) for m in methods if m != "geometry"
+        }
+    return pooled
+
+
+def _mean(values: Any) -> float | None:
+    clean = [float(v) for v in values if v is not None]
+    return float(np.mean(clean)) if clean else None
