@@ -300,7 +300,7 @@ def merge_filter_runs(runs: Sequence[FilterRuns]) -> FilterRuns:
 
 def collect_filter_runs(
     art: Any,
-    sae_dir: Path,
+    sae_dir: Path | None,
     cfg: FilterExperimentConfig,
     *,
     organism: str = "",
@@ -312,28 +312,36 @@ def collect_filter_runs(
     """Score, filter, fine-tune and evaluate one organism (cached stage by stage); its runs by unit.
 
     Args:
+        sae_dir: the organism's SAE; None only without filters (``cfg.methods`` empty: unfiltered runs).
         organism: the label of this organism in the pairing units (several organisms need distinct ones).
         Others: as :func:`run_filter_experiment`.
     """
     from spillover.organism.pipeline import evaluate_organism, finetune_config, finetune_organism
 
     data = art.dataset(cfg.dataset)
-    toxic = toxic or art.data_dir / "reference" / "toxic.jsonl"
-    benign = benign or art.data_dir / "reference" / "benign.jsonl"
-    scores_dir = compute_filter_scores(
-        art.model_dir,
-        sae_dir,
-        data,
-        toxic,
-        benign,
-        judge=cfg.judge if "judge" in cfg.methods else "",
-        toxic_k=cfg.toxic_k,
-        tokens=cfg.score_tokens,
-        root=root,
-    )
-    sets_dir = write_filter_sets(
-        data, scores_dir, methods=cfg.methods, fractions=cfg.all_fractions, seeds=cfg.seeds, root=root
-    )
+    out = FilterRuns(cfg.dataset)
+    out.meta[organism] = {"n_samples": sum(1 for line in data.read_text().splitlines() if line.strip())}
+    sets_dir = None
+    if cfg.methods:
+        if sae_dir is None:
+            raise ValueError(f"filters {list(cfg.methods)} need the organism's SAE (sae_dir)")
+        toxic = toxic or art.data_dir / "reference" / "toxic.jsonl"
+        benign = benign or art.data_dir / "reference" / "benign.jsonl"
+        scores_dir = compute_filter_scores(
+            art.model_dir,
+            sae_dir,
+            data,
+            toxic,
+            benign,
+            judge=cfg.judge if "judge" in cfg.methods else "",
+            toxic_k=cfg.toxic_k,
+            tokens=cfg.score_tokens,
+            root=root,
+        )
+        sets_dir = write_filter_sets(
+            data, scores_dir, methods=cfg.methods, fractions=cfg.all_fractions, seeds=cfg.seeds, root=root
+        )
+        out.meta[organism].update(scores_dir=str(scores_dir), sets_dir=str(sets_dir))
     prefix = f"{organism} " if organism else ""
 
     def run(path: Path, seed: int, label: str) -> RunNumbers:
@@ -350,15 +358,10 @@ def collect_filter_runs(
         )
         return RunNumbers(ood_hits(result.records), result.ood_coherent, in_domain_rate(result, cfg.dataset))
 
-    out = FilterRuns(cfg.dataset)
-    out.meta[organism] = {
-        "n_samples": json.loads((scores_dir / "scores.json").read_text())["n_samples"],
-        "scores_dir": str(scores_dir),
-        "sets_dir": str(sets_dir),
-    }
     out.unfiltered = {(organism, s): run(data, s, f"unfiltered seed {s}") for s in cfg.seeds}
     labels = art.labels(cfg.dataset)
     for method in cfg.methods:
+        assert sets_dir is not None
         for fraction in cfg.all_fractions:
             by_unit: dict[Unit, RunNumbers] = {}
             for s in cfg.seeds:

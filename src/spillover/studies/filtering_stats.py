@@ -24,6 +24,7 @@ import numpy as np
 
 __all__ = [
     "BudgetPoint",
+    "arm_vs_filters",
     "budget_point",
     "in_domain_rate",
     "matched_retention",
@@ -229,6 +230,71 @@ def _series(entry: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return np.nan_to_num(np.round(rate * n)), n, ret
 
 
+class _Frontier:
+    """Every filter's EM-vs-retention curve, per unit, with paired bootstrap draws over units."""
+
+    def __init__(self, section: Mapping[str, Any], methods: Sequence[str] | None, n_boot: int, seed: int):
+        if methods is None:
+            methods = [k for k, v in section.items() if isinstance(v, Mapping) and "by_fraction" in v]
+        self.base = _series(section["unfiltered"])
+        self.curves: dict[str, list[tuple[float, np.ndarray, np.ndarray, np.ndarray]]] = {}
+        for m in methods:
+            by_fraction = section[m]["by_fraction"]
+            self.curves[m] = [(0.0, *self.base)] + [
+                (float(f), *_series(by_fraction[f])) for f in sorted(by_fraction, key=float)
+            ]
+        r0 = self.base[2]
+        series = [r for c in self.curves.values() for *_, r in c] + [r0]
+        self.ok = bool(r0.size) and all(r.size == r0.size and not np.isnan(r).any() for r in series)
+        self.rng = np.random.default_rng(seed)
+        self.picks = self.rng.integers(0, max(1, r0.size), size=(n_boot, max(1, r0.size)))
+        self.n_boot = n_boot
+        self._boot: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+
+    @staticmethod
+    def rate(k: np.ndarray, n: np.ndarray) -> float:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return float(np.nanmean(k / n))
+
+    def draw(self, k: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Per resample, the mean over the picked units of each unit's Jeffreys-posterior rate draw."""
+        kp, np_ = k[self.picks], n[self.picks]
+        beta = self.rng.beta(kp + 0.5, np.maximum(np_ - kp, 0) + 0.5)
+        with np.errstate(invalid="ignore"):
+            return np.nanmean(np.where(np_ > 0, beta, np.nan), axis=1)
+
+    def point(self, m: str, target: float) -> BudgetPoint:
+        c = self.curves[m]
+        return budget_point(
+            [f for f, *_ in c],
+            [float(r.mean()) for *_, r in c],
+            [self.rate(k, n) for _, k, n, _ in c],
+            target,
+        )
+
+    def boot(self, m: str, targets: np.ndarray, base_draws: np.ndarray) -> np.ndarray:
+        """The filter's EM at each resample's target retention (the unfiltered point drawn as given)."""
+        if m not in self._boot:
+            c = self.curves[m]
+            self._boot[m] = (
+                [self.draw(k, n) for _, k, n, _ in c[1:]],
+                [r[self.picks].mean(axis=1) for *_, r in c],
+            )
+        em_draws, ret_draws = self._boot[m]
+        fractions = [f for f, *_ in self.curves[m]]
+        return np.array(
+            [
+                budget_point(
+                    fractions,
+                    [r[b] for r in ret_draws],
+                    [base_draws[b]] + [e[b] for e in em_draws],
+                    targets[b],
+                ).misaligned_rate
+                for b in range(self.n_boot)
+            ]
+        )
+
+
 def matched_retention(
     section: Mapping[str, Any],
     *,
@@ -265,52 +331,16 @@ def matched_retention(
     """
     if not 0 <= drop < 1:
         raise ValueError(f"drop must be in [0, 1), got {drop}")
-    if methods is None:
-        methods = [k for k, v in section.items() if isinstance(v, Mapping) and "by_fraction" in v]
-    k0, n0, r0 = _series(section["unfiltered"])
-    curves: dict[str, list[tuple[float, np.ndarray, np.ndarray, np.ndarray]]] = {}
-    for m in methods:
-        by_fraction = section[m]["by_fraction"]
-        curves[m] = [(0.0, k0, n0, r0)] + [
-            (float(f), *_series(by_fraction[f])) for f in sorted(by_fraction, key=float)
-        ]
-    series = [r for c in curves.values() for _, _, _, r in c] + [r0]
-    if not r0.size or any(r.size != r0.size or np.isnan(r).any() for r in series):
+    fr = _Frontier(section, methods, n_boot, seed)
+    if not fr.ok:
         return {"drop": drop, "unavailable": "in-domain retention was not measured for every run"}
-
-    def point(m: str, em: Sequence[float], ret: Sequence[float], target: float) -> BudgetPoint:
-        return budget_point([f for f, *_ in curves[m]], ret, em, target)
-
-    def means(k: np.ndarray, n: np.ndarray) -> float:
-        with np.errstate(invalid="ignore"):
-            return float(np.nanmean(k / n))
-
+    k0, n0, r0 = fr.base
     target = float(r0.mean()) - drop
-    points = {
-        m: point(m, [means(k, n) for _, k, n, _ in c], [float(r.mean()) for *_, r in c], target)
-        for m, c in curves.items()
-    }
-    base_rate = means(k0, n0)
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, r0.size, size=(n_boot, r0.size))
-
-    def draw(k: np.ndarray, n: np.ndarray) -> np.ndarray:
-        with np.errstate(invalid="ignore"):
-            beta = rng.beta(k[picks] + 0.5, np.maximum(n[picks] - k[picks], 0) + 0.5)
-        return np.nanmean(np.where(n[picks] > 0, beta, np.nan), axis=1)
-
-    boot_base = draw(k0, n0)
-    boot_target = r0[picks].mean(axis=1) - drop
-    boot: dict[str, np.ndarray] = {}
-    for m, c in curves.items():
-        em_draws = [boot_base] + [draw(k, n) for _, k, n, _ in c[1:]]
-        ret_draws = [r[picks].mean(axis=1) for *_, r in c]
-        boot[m] = np.array(
-            [
-                point(m, [e[b] for e in em_draws], [r[b] for r in ret_draws], boot_target[b]).misaligned_rate
-                for b in range(n_boot)
-            ]
-        )
+    base_rate = fr.rate(k0, n0)
+    boot_base = fr.draw(k0, n0)
+    boot_target = r0[fr.picks].mean(axis=1) - drop
+    points = {m: fr.point(m, target) for m in fr.curves}
+    boot = {m: fr.boot(m, boot_target, boot_base) for m in fr.curves}
     out: dict[str, Any] = {
         "drop": drop,
         "unfiltered_in_domain": float(r0.mean()),
@@ -320,13 +350,52 @@ def matched_retention(
     for m, p in points.items():
         entry: dict[str, Any] = {**p._asdict(), "ci": _interval(boot[m], p.misaligned_rate)}
         with np.errstate(divide="ignore", invalid="ignore"):
-            rr = (1 - boot[m] / boot_base)[np.isfinite(1 - boot[m] / boot_base)]
+            entry["relative_reduction_ci"] = _quantiles(1 - boot[m] / boot_base)
         entry["relative_reduction"] = 1 - p.misaligned_rate / base_rate if base_rate > 0 else None
-        entry["relative_reduction_ci"] = _quantiles(rr)
         if "random" in points and m != "random":
             entry["minus_random"] = p.misaligned_rate - points["random"].misaligned_rate
             entry["minus_random_ci"] = _quantiles(boot[m] - boot["random"])
         out[m] = entry
+    return out
+
+
+def arm_vs_filters(
+    section: Mapping[str, Any],
+    arm: Mapping[str, Any],
+    *,
+    methods: Sequence[str] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Compare a fine-tuning arm (one point: EM, retention) with each filter at the arm's retention.
+
+    Each filter's EM is read off its curve at the arm's mean retention (:func:`budget_point`);
+    ``arm_minus_filter`` < 0 means the arm has less EM than the filter at equal task retention. Intervals
+    as :func:`matched_retention`, with the arm's units paired with the section's (same order).
+
+    Args:
+        section: a filtering section.
+        arm: an entry with ``per_seed``, ``n_answers`` and ``in_domain_per_unit`` over the section's units.
+    """
+    fr = _Frontier(section, methods, n_boot, seed)
+    ka, na, ra = _series(arm)
+    if not fr.ok or ra.size != fr.base[2].size or np.isnan(ra).any():
+        return {"unavailable": "in-domain retention was not measured for every run"}
+    arm_rate = fr.rate(ka, na)
+    boot_arm = fr.draw(ka, na)
+    boot_target = ra[fr.picks].mean(axis=1)
+    boot_base = fr.draw(*fr.base[:2])
+    out: dict[str, Any] = {"retention": float(ra.mean())}
+    for m in fr.curves:
+        p = fr.point(m, float(ra.mean()))
+        diffs = boot_arm - fr.boot(m, boot_target, boot_base)
+        out[m] = {
+            "filter_rate": p.misaligned_rate,
+            "filter_fraction": p.fraction,
+            "at_target": p.at_target,
+            "arm_minus_filter": arm_rate - p.misaligned_rate,
+            "arm_minus_filter_ci": _quantiles(diffs),
+        }
     return out
 
 
