@@ -9,6 +9,7 @@ from spillover.studies.filtering import (
     FilterRuns,
     RunNumbers,
     filter_section,
+    matched_view,
     merge_filter_runs,
 )
 from spillover.studies.filtering_stats import budget_point, matched_retention
@@ -68,7 +69,9 @@ _CFG = FilterExperimentConfig(
 
 def test_matched_retention_compares_filters_at_the_budget_with_paired_intervals() -> None:
     section = filter_section(_runs(_CURVES), _CFG)
-    matched = section["matched_retention"]
+    matched = matched_view(section)
+    assert section["geometry"]["matched_retention"] == matched["geometry"]
+    assert section["retention_budget"] == pytest.approx(0.85)
     assert matched["target_retention"] == pytest.approx(0.85)
     assert not matched["geometry"]["at_target"]
     assert matched["geometry"]["misaligned_rate"] == pytest.approx(0.1)
@@ -102,7 +105,8 @@ def test_filter_section_refuses_an_unpaired_unit() -> None:
 def test_matched_retention_is_unavailable_without_retention() -> None:
     runs = _runs(_CURVES)
     runs.unfiltered[("", 0)] = RunNumbers(_hits(0.4), 90.0, None)
-    assert "unavailable" in filter_section(runs, _CFG)["matched_retention"]
+    section = filter_section(runs, _CFG)
+    assert "unavailable" in matched_view(section) and section["retention_budget"] is None
     with pytest.raises(ValueError, match="drop"):
         matched_retention(filter_section(_runs(_CURVES), _CFG), drop=1.5)
 

@@ -53,7 +53,7 @@ def test_sweep_rows_become_a_section_paired_over_organisms_and_seeds() -> None:
     assert section["geometry"]["misaligned_rate"] == pytest.approx(0.1)
     assert section["geometry"]["relative_reduction"] == pytest.approx(0.75)
     assert section["geometry"]["removed_by_organism"]["o0"]["removed_share_by_kind"] == {"strong": 0.9}
-    assert section["matched_retention"]["geometry"]["minus_random"] == pytest.approx(-0.2)
+    assert section["geometry"]["matched_retention"]["minus_random"] == pytest.approx(-0.2)
 
 
 def test_sweep_rows_without_an_unfiltered_pair_are_refused() -> None:

@@ -42,6 +42,7 @@ def plot_frontier(summary: Mapping[str, Any]) -> bytes | None:
     unfiltered run at fraction 0), one point per fine-tuning arm, the retention budget of the
     matched-retention comparison as a dashed line and each filter's budget point as a star.
 
+    Reads ``filtering.retention_budget`` / ``retention_drop`` and each method's ``matched_retention``.
     Returns None when the summary has no filtering section with in-domain retention.
     """
     filt = summary.get("filtering")
@@ -69,8 +70,6 @@ def plot_frontier(summary: Mapping[str, Any]) -> bytes | None:
             label="unfiltered",
             zorder=3,
         )
-    raw_matched = filt.get("matched_retention")
-    matched: Mapping[str, Any] = raw_matched if isinstance(raw_matched, Mapping) else {}
     for name, entry in methods.items():
         color = METHOD_COLORS.get(name)
         points = [base] if base is not None else []
@@ -86,7 +85,7 @@ def plot_frontier(summary: Mapping[str, Any]) -> bytes | None:
         ax.plot(xs, ys, marker="o", ms=4, color=color, lw=2.2 if name == "geometry" else 1.2, label=name)
         for x, y, f in zip(xs[1:], ys[1:], labels[1:], strict=True):
             ax.annotate(f, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points", color=color)
-        budget = matched.get(name)
+        budget = entry.get("matched_retention")
         if isinstance(budget, Mapping) and budget.get("at_target"):
             bx, by = _num(budget.get("retention")), _num(budget.get("misaligned_rate"))
             if bx is not None and by is not None:
@@ -105,15 +104,10 @@ def plot_frontier(summary: Mapping[str, Any]) -> bytes | None:
             label=f"arm: {name}",
             zorder=3,
         )
-    target = _num(matched.get("target_retention"))
-    if target is not None:
-        ax.axvline(
-            100 * target,
-            ls="--",
-            color="#999999",
-            lw=1,
-            label=f"budget: unfiltered - {100 * matched['drop']:g} pp",
-        )
+    target, drop = _num(filt.get("retention_budget")), _num(filt.get("retention_drop"))
+    if target is not None and drop is not None:
+        budget_label = f"budget: unfiltered - {100 * drop:g} pp"
+        ax.axvline(100 * target, ls="--", color="#999999", lw=1, label=budget_label)
     ax.set_xlabel("in-domain task retention (%)")
     ax.set_ylabel("misaligned answers (%)")
     ax.set_title(f"EM vs task retention: {filt.get('dataset', '')}")

@@ -7,8 +7,9 @@ each training pair). Each filtered set, and the unfiltered set, is fine-tuned wi
 seed and evaluated; the result per method is the misaligned rate, coherence and in-domain retention,
 with the relative reduction ``1 - EM(filtered) / EM(unfiltered)`` and bootstrap intervals over pairing
 units (seeds resampled, then each seed's rate drawn from its Jeffreys posterior; filtered and
-unfiltered paired by unit), plus the comparison at matched retention (``matched_retention``: EM where
-each filter's EM-vs-retention curve falls 5 pp below the unfiltered retention).
+unfiltered paired by unit), plus the comparison at matched retention (each method's
+``matched_retention``: EM where its EM-vs-retention curve falls 5 pp below the unfiltered retention;
+:func:`matched_view` gathers them).
 
 On a ``*_mixed`` dataset a filter can lower EM by removing the task samples; on a ``*_alltask`` one
 (every sample performs the task) it cannot, which is the paper's setting: pick those for the headline,
@@ -26,14 +27,14 @@ interrupted experiment resumes where it stopped.
 Python::
 
     section = run_filter_experiment(art, sae_dir, FilterExperimentConfig.paper(dataset="insecure_alltask"))
-    section["geometry"]["relative_reduction"], section["matched_retention"]["geometry"]
+    section["geometry"]["relative_reduction"], section["geometry"]["matched_retention"]["minus_random"]
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -63,6 +64,7 @@ __all__ = [
     "compute_filter_scores",
     "epoch_matched_steps",
     "filter_section",
+    "matched_view",
     "merge_filter_runs",
     "run_filter_experiment",
     "unit_name",
@@ -380,8 +382,9 @@ def filter_section(runs: FilterRuns, cfg: FilterExperimentConfig, *, drop: float
     """The report's ``filtering`` section from collected runs (one organism's or several merged).
 
     Filtered and unfiltered runs are paired by unit (organism, seed); ``units`` lists them in the order
-    of every ``per_seed`` and ``in_domain_per_unit`` list. ``matched_retention`` compares the filters at
-    equal task retention (see :func:`spillover.studies.filtering_stats.matched_retention`).
+    of every ``per_seed`` and ``in_domain_per_unit`` list. Each method's ``matched_retention`` compares it
+    at equal task retention (:func:`spillover.studies.filtering_stats.matched_retention`; the budget is
+    ``retention_budget``).
     """
     units = sorted(runs.unfiltered)
     base = [runs.unfiltered[u] for u in units]
@@ -403,7 +406,7 @@ def filter_section(runs: FilterRuns, cfg: FilterExperimentConfig, *, drop: float
     if single:
         section.update(next(iter(runs.meta.values())))
     else:
-        section["by_organism"] = runs.meta
+        section["organism_meta"] = [{"organism": org, **meta} for org, meta in sorted(runs.meta.items())]
     for method in cfg.methods:
         by_fraction: dict[str, Any] = {}
         for fraction in cfg.all_fractions:
@@ -426,8 +429,36 @@ def filter_section(runs: FilterRuns, cfg: FilterExperimentConfig, *, drop: float
             by_fraction[f"{fraction:g}"] = entry
         headline = dict(by_fraction[f"{cfg.fraction:g}"])
         section[method] = {**headline, "score": METHOD_SCORES.get(method), "by_fraction": by_fraction}
-    section["matched_retention"] = matched_retention(section, methods=cfg.methods, drop=drop)
+    # Spread over the method entries and scalar keys: the HTML report reads every mapping of the section
+    # as a method's row.
+    matched = matched_retention(section, methods=cfg.methods, drop=drop)
+    section["retention_drop"] = drop
+    section["retention_budget"] = matched.get("target_retention")
+    if "unavailable" in matched:
+        section["matched_retention_unavailable"] = matched["unavailable"]
+    for method in cfg.methods:
+        section[method]["matched_retention"] = matched.get(method)
     return section
+
+
+def matched_view(section: Mapping[str, Any]) -> dict[str, Any]:
+    """A section's matched-retention comparison as one dict (:func:`filtering_stats.matched_retention`'s form)."""
+    if section.get("matched_retention_unavailable"):
+        return {
+            "drop": section.get("retention_drop"),
+            "unavailable": section["matched_retention_unavailable"],
+        }
+    unfiltered = section["unfiltered"]
+    out: dict[str, Any] = {
+        "drop": section.get("retention_drop"),
+        "target_retention": section.get("retention_budget"),
+        "unfiltered_in_domain": unfiltered.get("in_domain"),
+        "unfiltered_rate": unfiltered.get("misaligned_rate"),
+    }
+    for name, entry in section.items():
+        if isinstance(entry, Mapping) and isinstance(entry.get("matched_retention"), Mapping):
+            out[name] = entry["matched_retention"]
+    return out
 
 
 def _task_numbers(runs: Sequence[RunNumbers]) -> dict[str, Any]:
@@ -460,8 +491,9 @@ def run_filter_experiment(
         on_run: called with a label before each fine-tune + evaluation (progress reporting).
 
     Returns:
-        ``{"dataset", "fraction", "fractions", "seeds", "units", "unfiltered": entry, <method>: entry, ...,
-        "matched_retention"}``; an entry has the headline-fraction numbers and ``by_fraction``. Several
+        ``{"dataset", "fraction", "fractions", "seeds", "units", "retention_budget", "unfiltered": entry,
+        <method>: entry, ...}``; an entry has the headline-fraction numbers, ``by_fraction`` and
+        ``matched_retention``. Several
         organisms: :func:`collect_filter_runs` each with its own label, :func:`merge_filter_runs`, then
         :func:`filter_section`.
     """

@@ -40,6 +40,7 @@ from spillover.studies.filtering import (
     Unit,
     collect_filter_runs,
     filter_section,
+    matched_view,
 )
 from spillover.studies.filtering_stats import arm_vs_filters, paired_bootstrap
 
@@ -330,7 +331,7 @@ def _markdown(summary: Mapping[str, Any]) -> str:
             f"| {_pct(r['relative_reduction'], r['relative_reduction_ci'])} | {coherent} "
             f"| {_pct(r['in_domain'])} | {_pct(r['retention_change'], signed=True)} |"
         )
-    matched = section.get("matched_retention", {})
+    matched = matched_view(section)
     lines += ["", "## Filters at matched retention", ""]
     if "unavailable" in matched:
         lines.append(f"Not computed: {matched['unavailable']}.")
