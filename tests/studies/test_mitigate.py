@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from spillover.config import ConfigError
+from spillover.organism.evaluate import OOD_DOMAINS, EvalConfig
 from spillover.organism.pipeline import finetune_config
 from spillover.studies.filtering import FilterExperimentConfig, FilterRuns, RunNumbers, filter_section
 from spillover.studies.mitigate import (
@@ -49,6 +51,14 @@ def test_mitigate_config_checks_dataset_and_arm_names() -> None:
         MitigateConfig.quick(filtering=FilterExperimentConfig(dataset="nope"))
     with pytest.raises(ConfigError, match="clashes"):
         MitigateConfig.quick(arms={"random": {}})
+    no_finance = FilterExperimentConfig(
+        dataset="risky_finance_alltask", eval=EvalConfig(domains=(*OOD_DOMAINS, "code"))
+    )
+    with pytest.raises(ConfigError, match="lacks 'finance', where the in-domain retention"):
+        MitigateConfig.quick(filtering=no_finance)
+    for name in ("insecure_alltask", "bad_medical_alltask", "risky_finance_alltask"):
+        quick = MitigateConfig.quick()
+        MitigateConfig.quick(filtering=replace(quick.filtering, dataset=name))
     cfg = MitigateConfig.quick(arms={"short": {"max_steps": 7}})
     assert cfg.filtering.dataset == "insecure_alltask"
     assert cfg.arm_config("short", seed=2).max_steps == 7 and cfg.arm_config("short", 2).seed == 2

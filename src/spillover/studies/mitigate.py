@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from spillover.config import ConfigError, deep_merge, from_dict, to_dict
 from spillover.finetune.core import FinetuneConfig
+from spillover.organism.evaluate import OOD_DOMAINS
 from spillover.organism.inputs import OrganismSAEConfig
 from spillover.organism.pipeline import OrganismConfig
 from spillover.studies.filtering import (
@@ -126,6 +127,12 @@ class MitigateConfig:
             raise ConfigError(
                 f"unknown organism dataset {self.filtering.dataset!r}; built-in: {sorted(DATASETS)}"
             )
+        domain = DATASETS[self.filtering.dataset].domain
+        if domain not in self.filtering.eval.domains:
+            raise ConfigError(
+                f"filtering.eval.domains {list(self.filtering.eval.domains)} lacks {domain!r}, where the "
+                f"in-domain retention of {self.filtering.dataset!r} is measured"
+            )
         for name in self.arms:
             if not name or name == "unfiltered" or name in self.filtering.methods:
                 raise ConfigError(f"arm name {name!r} is empty or clashes with a filter / 'unfiltered'")
@@ -141,13 +148,16 @@ class MitigateConfig:
 
     @classmethod
     def quick(cls, **overrides: Any) -> MitigateConfig:
-        """The quick demo's tiny organism, SAEs, recipe and evaluation (a first look, CPU minutes)."""
+        """The quick demo's tiny organism, SAEs, recipe and answer counts (a first look, CPU minutes)."""
         from spillover.studies.demo.config import DemoConfig
 
         demo = DemoConfig.quick()
         assert demo.filtering is not None
+        # Every in-domain field evaluated, so that any dataset's retention is measured.
+        eval_cfg = replace(demo.filtering.eval, domains=(*OOD_DOMAINS, "code", "edu", "medical", "finance"))
         filtering = replace(
             demo.filtering,
+            eval=eval_cfg,
             dataset="insecure_alltask",
             fractions=PAPER_FRACTIONS,
             methods=("geometry", "random"),
