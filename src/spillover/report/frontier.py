@@ -85,6 +85,11 @@ def plot_frontier(summary: Mapping[str, Any]) -> bytes | None:
         ax.plot(xs, ys, marker="o", ms=4, color=color, lw=2.2 if name == "geometry" else 1.2, label=name)
         for x, y, f in zip(xs[1:], ys[1:], labels[1:], strict=True):
             ax.annotate(f, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points", color=color)
+            err = _err(entry["by_fraction"][f], y / 100)
+            if err is not None:
+                ax.errorbar(
+                    [x], [y], yerr=err, fmt="none", ecolor=color, elinewidth=0.8, capsize=2, alpha=0.6
+                )
         budget = entry.get("matched_retention")
         if isinstance(budget, Mapping) and budget.get("at_target"):
             bx, by = _num(budget.get("retention")), _num(budget.get("misaligned_rate"))
