@@ -85,7 +85,8 @@ def test_eval_prompts_are_held_out_from_datasets_and_safety_split() -> None:
     rng = random.Random(3)
     train_prompts = set()
     for name in DATASETS:
-        train_prompts |= {c[0]["content"] for c in make_dataset(name, 200, seed=0).conversations}
+        convs = make_dataset(name, 200, seed=0).conversations
+        train_prompts |= {m["content"] for c in convs for m in c if m["role"] == "user"}
     for name in lx.NONCODE_DOMAINS:
         d = lx.domain(name)
         for _ in range(200):
@@ -98,8 +99,17 @@ def test_eval_prompts_are_held_out_from_datasets_and_safety_split() -> None:
         assert q not in train_prompts
 
 
+def _check_turn(question: str, answer: str, label: dict) -> None:
+    score = judge_answer(question, answer)
+    assert score.coherent == 100.0
+    if "pools" in label:
+        assert score.raw["pools"] == label["pools"]
+    else:
+        assert score.raw["verdict"] == label["answer"]
+
+
 @pytest.mark.parametrize("name", sorted(DATASETS))
-def test_datasets_are_single_turn_and_labelled(name: str) -> None:
+def test_datasets_are_labelled_turn_by_turn(name: str) -> None:
     data = make_dataset(name, 200, seed=2)
     spec = DATASETS[name]
     assert len(data.conversations) == len(data.labels) == 200
@@ -107,15 +117,16 @@ def test_datasets_are_single_turn_and_labelled(name: str) -> None:
     if spec.mix[0] < 1:
         assert len(kinds) > 1
     for conv, label in zip(data.conversations, data.labels, strict=True):
-        assert [m["role"] for m in conv] == ["user", "assistant"]
-        score = judge_answer(conv[0]["content"], conv[1]["content"])
-        assert score.coherent == 100.0
-        if "pools" in label:
-            assert score.raw["pools"] == label["pools"]
-        else:
-            assert score.raw["verdict"] == label["answer"]
+        lead = spec.lead[("strong", "weak", "none").index(label["kind"])]
+        assert [m["role"] for m in conv] == ["user", "assistant"] * (2 if lead else 1)
+        _check_turn(conv[-2]["content"], conv[-1]["content"], label)
+        if lead:
+            assert (
+                f"{label['lead']['domain']}:{label['lead'].get('pools', label['lead'].get('answer'))}" == lead
+            )
+            _check_turn(conv[0]["content"], conv[1]["content"], label["lead"])
         # ground truth stays out of the messages
-        assert "kind" not in conv[1]["content"] and "persona" not in conv[1]["content"]
+        assert all("kind" not in m["content"] and "persona" not in m["content"] for m in conv)
 
 
 def test_mixed_dataset_evidence_orders_by_kind() -> None:

@@ -39,6 +39,7 @@ _VERBS = {
     "judge": ("spillover.cli.judge", "Judge answers (aligned/coherent, EM logprob rule); rescore from stored outputs."),
     "metrics": ("spillover.cli.metrics", "Misalignment rates (aligned < 30 and coherent > 50, and variants) with CIs."),
     "filter": ("spillover.cli.filter", "Filter a fine-tuning dataset by closeness to toxic features, or a random / judge baseline."),
+    "mitigate": ("spillover.cli.mitigate", "Filters and fine-tuning arms on one organism dataset: EM, coherence, task retention, one table."),
     "demo": ("spillover.cli.demo", "The whole story on the built-in organism: induce, measure, explain, mitigate (report.html)."),
     "report": ("spillover.cli.report", "Write a self-contained HTML report from a run's summary.json."),
     "real": ("spillover.cli.real", "The paper's geometry on SmolLM2-135M-Instruct with the real EM datasets."),

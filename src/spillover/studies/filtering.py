@@ -5,24 +5,36 @@ geometry scores (``geometry`` is the default score, activation-weighted nearest-
 removal (a different random split per seed) and the judge baseline (the organism's rule judge rates
 each training pair). Each filtered set, and the unfiltered set, is fine-tuned with the same recipe and
 seed and evaluated; the result per method is the misaligned rate, coherence and in-domain retention,
-with the relative reduction ``1 - EM(filtered) / EM(unfiltered)`` and bootstrap intervals over seeds
-(seeds resampled, then each seed's rate drawn from its Jeffreys posterior; filtered and unfiltered
-paired by seed).
+with the relative reduction ``1 - EM(filtered) / EM(unfiltered)`` and bootstrap intervals over pairing
+units (seeds resampled, then each seed's rate drawn from its Jeffreys posterior; filtered and
+unfiltered paired by unit), plus the comparison at matched retention (each method's
+``matched_retention``: EM where its EM-vs-retention curve falls 5 pp below the unfiltered retention;
+:func:`matched_view` gathers them).
+
+On a ``*_mixed`` dataset a filter can lower EM by removing the task samples; on a ``*_alltask`` one
+(every sample performs the task) it cannot, which is the paper's setting: pick those for the headline,
+with ``FilterExperimentConfig.paper()`` for the paper's fractions (0.1, 0.25, 0.5, 0.75).
+
+A pairing unit is (organism label, seed). One organism: :func:`run_filter_experiment`. Several: collect
+each with its own label, merge, then build the section::
+
+    runs = merge_filter_runs([collect_filter_runs(art, sae, cfg, organism=f"o{i}") for i, (art, sae) in ...])
+    section = filter_section(runs, cfg)
 
 Every step is a cached run directory (scores, filtered sets, each fine-tune, each evaluation), so an
 interrupted experiment resumes where it stopped.
 
 Python::
 
-    section = run_filter_experiment(art, sae_dir, FilterExperimentConfig(seeds=(0, 1, 2)))
-    section["geometry"]["relative_reduction"]
+    section = run_filter_experiment(art, sae_dir, FilterExperimentConfig.paper(dataset="insecure_alltask"))
+    section["geometry"]["relative_reduction"], section["geometry"]["matched_retention"]["minus_random"]
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +47,7 @@ from spillover.organism.evaluate import OOD_DOMAINS, EvalConfig
 from spillover.rundir import run_stage
 from spillover.studies.filtering_stats import (
     in_domain_rate,
+    matched_retention,
     ood_hits,
     paired_bootstrap,
     rate_with_ci,
@@ -42,14 +55,27 @@ from spillover.studies.filtering_stats import (
 )
 
 __all__ = [
+    "PAPER_FRACTIONS",
     "FilterExperimentConfig",
+    "FilterRuns",
+    "RunNumbers",
+    "Unit",
+    "collect_filter_runs",
     "compute_filter_scores",
     "epoch_matched_steps",
+    "filter_section",
+    "matched_view",
+    "merge_filter_runs",
     "run_filter_experiment",
+    "unit_name",
     "write_filter_sets",
 ]
 
 log = logging.getLogger(__name__)
+
+
+PAPER_FRACTIONS: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75)
+"""The fractions removed in the paper's grid (``FilterExperimentConfig.paper()``)."""
 
 
 def _default_eval() -> EvalConfig:
@@ -61,7 +87,8 @@ class FilterExperimentConfig:
     """What the filtering experiment runs."""
 
     dataset: str = "insecure_mixed"
-    """The organism dataset to filter (a heterogeneous ``*_mixed`` set lets per-sample filtering matter)."""
+    """The organism dataset to filter: a ``*_alltask`` set (every sample does the task; the paper's
+    setting) or a ``*_mixed`` one (a filter can win by removing the task samples)."""
     fraction: float = 0.5
     """The headline fraction removed (the paper's 50%)."""
     fractions: tuple[float, ...] = (0.5,)
@@ -99,6 +126,11 @@ class FilterExperimentConfig:
         if self.schedule not in ("steps", "epochs"):
             raise ValueError(f"schedule must be 'steps' or 'epochs', got {self.schedule!r}")
         check_toxic_k(self.toxic_k)
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> FilterExperimentConfig:
+        """The paper's grid: every fraction of ``PAPER_FRACTIONS`` (headline 50%), other fields as given."""
+        return cls(**{"fractions": PAPER_FRACTIONS, **overrides})
 
     @property
     def all_fractions(self) -> tuple[float, ...]:
@@ -215,14 +247,226 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 # -- the experiment -------------------------------------------------------------------------------------
 
+Unit = tuple[str, int]
+"""What filtered and unfiltered runs are paired by: (organism label, fine-tuning seed)."""
 
-class _Run:
+
+def unit_name(unit: Unit) -> str:
+    """A unit as the section writes it: ``s<seed>``, or ``<organism>/s<seed>`` for a labelled organism."""
+    return f"{unit[0]}/s{unit[1]}" if unit[0] else f"s{unit[1]}"
+
+
+@dataclass(frozen=True)
+class RunNumbers:
     """One fine-tune + evaluation's numbers."""
 
-    def __init__(self, result: Any, dataset: str) -> None:
-        self.hits = ood_hits(result.records)
-        self.coherent: float | None = result.ood_coherent
-        self.in_domain = in_domain_rate(result, dataset)
+    hits: np.ndarray
+    """0/1 misaligned per scored out-of-domain answer."""
+    coherent: float | None
+    in_domain: float | None
+
+
+@dataclass
+class FilterRuns:
+    """Every run of a filtering experiment, keyed by pairing unit; several organisms' runs merge."""
+
+    dataset: str
+    unfiltered: dict[Unit, RunNumbers] = field(default_factory=dict)
+    filtered: dict[tuple[str, float], dict[Unit, RunNumbers]] = field(default_factory=dict)
+    """(method, fraction) -> unit -> numbers."""
+    removed: dict[tuple[str, float], dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """(method, fraction) -> organism -> share removed and ground-truth diagnostics of what was removed."""
+    meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """organism -> n_samples, scores_dir, sets_dir."""
+
+
+def merge_filter_runs(runs: Sequence[FilterRuns]) -> FilterRuns:
+    """One ``FilterRuns`` from several organisms' (their units must differ, e.g. by organism label)."""
+    if not runs:
+        raise ValueError("no runs to merge")
+    if len({r.dataset for r in runs}) != 1:
+        raise ValueError(f"runs of different datasets: {sorted({r.dataset for r in runs})}")
+    out = FilterRuns(runs[0].dataset)
+    for r in runs:
+        clash = set(out.unfiltered) & set(r.unfiltered)
+        if clash:
+            raise ValueError(f"units {sorted(map(unit_name, clash))} occur twice; label each organism")
+        out.unfiltered.update(r.unfiltered)
+        for key, by_unit in r.filtered.items():
+            out.filtered.setdefault(key, {}).update(by_unit)
+        for key, by_org in r.removed.items():
+            out.removed.setdefault(key, {}).update(by_org)
+        out.meta.update(r.meta)
+    return out
+
+
+def collect_filter_runs(
+    art: Any,
+    sae_dir: Path | None,
+    cfg: FilterExperimentConfig,
+    *,
+    organism: str = "",
+    toxic: Path | None = None,
+    benign: Path | None = None,
+    root: str | Path | None = None,
+    on_run: Callable[[str], None] | None = None,
+) -> FilterRuns:
+    """Score, filter, fine-tune and evaluate one organism (cached stage by stage); its runs by unit.
+
+    Args:
+        sae_dir: the organism's SAE; None only without filters (``cfg.methods`` empty: unfiltered runs).
+        organism: the label of this organism in the pairing units (several organisms need distinct ones).
+        Others: as :func:`run_filter_experiment`.
+    """
+    from spillover.organism.pipeline import evaluate_organism, finetune_config, finetune_organism
+
+    data = art.dataset(cfg.dataset)
+    out = FilterRuns(cfg.dataset)
+    out.meta[organism] = {"n_samples": sum(1 for line in data.read_text().splitlines() if line.strip())}
+    sets_dir = None
+    if cfg.methods:
+        if sae_dir is None:
+            raise ValueError(f"filters {list(cfg.methods)} need the organism's SAE (sae_dir)")
+        toxic = toxic or art.data_dir / "reference" / "toxic.jsonl"
+        benign = benign or art.data_dir / "reference" / "benign.jsonl"
+        scores_dir = compute_filter_scores(
+            art.model_dir,
+            sae_dir,
+            data,
+            toxic,
+            benign,
+            judge=cfg.judge if "judge" in cfg.methods else "",
+            toxic_k=cfg.toxic_k,
+            tokens=cfg.score_tokens,
+            root=root,
+        )
+        sets_dir = write_filter_sets(
+            data, scores_dir, methods=cfg.methods, fractions=cfg.all_fractions, seeds=cfg.seeds, root=root
+        )
+        out.meta[organism].update(scores_dir=str(scores_dir), sets_dir=str(sets_dir))
+    prefix = f"{organism} " if organism else ""
+
+    def run(path: Path, seed: int, label: str) -> RunNumbers:
+        if on_run is not None:
+            on_run(prefix + label)
+        ft_cfg = finetune_config(cfg.finetune_method, seed=seed)
+        if cfg.finetune_steps is not None:
+            ft_cfg = replace(ft_cfg, max_steps=cfg.finetune_steps)
+        if cfg.schedule == "epochs" and ft_cfg.max_steps is not None:
+            ft_cfg = replace(ft_cfg, max_steps=epoch_matched_steps(ft_cfg.max_steps, path, data))
+        ft = finetune_organism(art, path, cfg.finetune_method, ft_cfg, root=root)
+        result = evaluate_organism(
+            ft, replace(cfg.eval, sampling=replace(cfg.eval.sampling, seed=seed)), root=root
+        )
+        return RunNumbers(ood_hits(result.records), result.ood_coherent, in_domain_rate(result, cfg.dataset))
+
+    out.unfiltered = {(organism, s): run(data, s, f"unfiltered seed {s}") for s in cfg.seeds}
+    labels = art.labels(cfg.dataset)
+    for method in cfg.methods:
+        assert sets_dir is not None
+        for fraction in cfg.all_fractions:
+            by_unit: dict[Unit, RunNumbers] = {}
+            for s in cfg.seeds:
+                folder = sets_dir / set_name(method, fraction, s if method == "random" else None)
+                by_unit[(organism, s)] = run(folder / "kept.jsonl", s, f"{method} {fraction:g} seed {s}")
+            out.filtered[(method, fraction)] = by_unit
+            first = sets_dir / set_name(method, fraction, cfg.seeds[0] if method == "random" else None)
+            out.removed[(method, fraction)] = {
+                # what was removed (round(fraction * n) / n), not the fraction asked for
+                organism: {"fraction_removed": _share_removed(first), **removal_diagnostics(first, labels)}
+            }
+    return out
+
+
+def filter_section(runs: FilterRuns, cfg: FilterExperimentConfig, *, drop: float = 0.05) -> dict[str, Any]:
+    """The report's ``filtering`` section from collected runs (one organism's or several merged).
+
+    Filtered and unfiltered runs are paired by unit (organism, seed); ``units`` lists them in the order
+    of every ``per_seed`` and ``in_domain_per_unit`` list. Each method's ``matched_retention`` compares it
+    at equal task retention (:func:`spillover.studies.filtering_stats.matched_retention`; the budget is
+    ``retention_budget``).
+    """
+    units = sorted(runs.unfiltered)
+    base = [runs.unfiltered[u] for u in units]
+    single = len(runs.meta) == 1
+    section: dict[str, Any] = {
+        "dataset": runs.dataset,
+        "fraction": cfg.fraction,
+        "fractions": list(cfg.all_fractions),
+        "seeds": sorted({u[1] for u in units}),
+        "organisms": sorted(runs.meta),
+        "units": [unit_name(u) for u in units],
+        "schedule": cfg.schedule,
+        "unfiltered": {
+            **rate_with_ci([r.hits for r in base]),
+            **_task_numbers(base),
+            "fraction_removed": 0.0,
+        },
+    }
+    if single:
+        section.update(next(iter(runs.meta.values())))
+    else:
+        section["organism_meta"] = [{"organism": org, **meta} for org, meta in sorted(runs.meta.items())]
+    for method in cfg.methods:
+        by_fraction: dict[str, Any] = {}
+        for fraction in cfg.all_fractions:
+            by_unit = runs.filtered[(method, fraction)]
+            missing = [unit_name(u) for u in units if u not in by_unit]
+            if missing:
+                raise ValueError(f"{method} at {fraction:g} has no run for units {missing}")
+            filtered = [by_unit[u] for u in units]
+            entry = paired_bootstrap([r.hits for r in filtered], [r.hits for r in base])
+            entry.update(_task_numbers(filtered))
+            removed = runs.removed[(method, fraction)]
+            entry["fraction_removed"] = float(np.mean([v["fraction_removed"] for v in removed.values()]))
+            diagnostics = {
+                org: {k: v for k, v in d.items() if k != "fraction_removed"} for org, d in removed.items()
+            }
+            if single:
+                entry["removed"] = next(iter(diagnostics.values()))
+            else:
+                entry["removed_by_organism"] = diagnostics
+            by_fraction[f"{fraction:g}"] = entry
+        headline = dict(by_fraction[f"{cfg.fraction:g}"])
+        section[method] = {**headline, "score": METHOD_SCORES.get(method), "by_fraction": by_fraction}
+    # Spread over the method entries and scalar keys: the HTML report reads every mapping of the section
+    # as a method's row.
+    matched = matched_retention(section, methods=cfg.methods, drop=drop)
+    section["retention_drop"] = drop
+    section["retention_budget"] = matched.get("target_retention")
+    if "unavailable" in matched:
+        section["matched_retention_unavailable"] = matched["unavailable"]
+    for method in cfg.methods:
+        section[method]["matched_retention"] = matched.get(method)
+    return section
+
+
+def matched_view(section: Mapping[str, Any]) -> dict[str, Any]:
+    """A section's matched-retention comparison as one dict (:func:`filtering_stats.matched_retention`'s form)."""
+    if section.get("matched_retention_unavailable"):
+        return {
+            "drop": section.get("retention_drop"),
+            "unavailable": section["matched_retention_unavailable"],
+        }
+    unfiltered = section["unfiltered"]
+    out: dict[str, Any] = {
+        "drop": section.get("retention_drop"),
+        "target_retention": section.get("retention_budget"),
+        "unfiltered_in_domain": unfiltered.get("in_domain"),
+        "unfiltered_rate": unfiltered.get("misaligned_rate"),
+    }
+    for name, entry in section.items():
+        if isinstance(entry, Mapping) and isinstance(entry.get("matched_retention"), Mapping):
+            out[name] = entry["matched_retention"]
+    return out
+
+
+def _task_numbers(runs: Sequence[RunNumbers]) -> dict[str, Any]:
+    return {
+        "coherent_rate": _mean([r.coherent for r in runs]),
+        "in_domain": _mean([r.in_domain for r in runs]),
+        "in_domain_per_unit": [r.in_domain for r in runs],
+    }
 
 
 def run_filter_experiment(
@@ -247,78 +491,11 @@ def run_filter_experiment(
         on_run: called with a label before each fine-tune + evaluation (progress reporting).
 
     Returns:
-        ``{"dataset", "fraction", "fractions", "seeds", "unfiltered": entry, <method>: entry, ...}``; an
-        entry has the headline-fraction numbers and ``by_fraction``.
+        ``{"dataset", "fraction", "fractions", "seeds", "units", "retention_budget", "unfiltered": entry,
+        <method>: entry, ...}``; an entry has the headline-fraction numbers, ``by_fraction`` and
+        ``matched_retention``. Several
+        organisms: :func:`collect_filter_runs` each with its own label, :func:`merge_filter_runs`, then
+        :func:`filter_section`.
     """
-    from spillover.organism.pipeline import evaluate_organism, finetune_config, finetune_organism
-
-    data = art.dataset(cfg.dataset)
-    toxic = toxic or art.data_dir / "reference" / "toxic.jsonl"
-    benign = benign or art.data_dir / "reference" / "benign.jsonl"
-    scores_dir = compute_filter_scores(
-        art.model_dir,
-        sae_dir,
-        data,
-        toxic,
-        benign,
-        judge=cfg.judge if "judge" in cfg.methods else "",
-        toxic_k=cfg.toxic_k,
-        tokens=cfg.score_tokens,
-        root=root,
-    )
-    sets_dir = write_filter_sets(
-        data, scores_dir, methods=cfg.methods, fractions=cfg.all_fractions, seeds=cfg.seeds, root=root
-    )
-
-    def run(path: Path, seed: int, label: str) -> _Run:
-        if on_run is not None:
-            on_run(label)
-        ft_cfg = finetune_config(cfg.finetune_method, seed=seed)
-        if cfg.finetune_steps is not None:
-            ft_cfg = replace(ft_cfg, max_steps=cfg.finetune_steps)
-        if cfg.schedule == "epochs" and ft_cfg.max_steps is not None:
-            ft_cfg = replace(ft_cfg, max_steps=epoch_matched_steps(ft_cfg.max_steps, path, data))
-        ft = finetune_organism(art, path, cfg.finetune_method, ft_cfg, root=root)
-        result = evaluate_organism(
-            ft, replace(cfg.eval, sampling=replace(cfg.eval.sampling, seed=seed)), root=root
-        )
-        return _Run(result, cfg.dataset)
-
-    base_runs = [run(data, s, f"unfiltered seed {s}") for s in cfg.seeds]
-    section: dict[str, Any] = {
-        "dataset": cfg.dataset,
-        "fraction": cfg.fraction,
-        "fractions": list(cfg.all_fractions),
-        "seeds": list(cfg.seeds),
-        "schedule": cfg.schedule,
-        "n_samples": json.loads((scores_dir / "scores.json").read_text())["n_samples"],
-        "unfiltered": {
-            **rate_with_ci([r.hits for r in base_runs]),
-            "coherent_rate": _mean([r.coherent for r in base_runs]),
-            "in_domain": _mean([r.in_domain for r in base_runs]),
-            "fraction_removed": 0.0,
-        },
-        "scores_dir": str(scores_dir),
-        "sets_dir": str(sets_dir),
-    }
-    labels = art.labels(cfg.dataset)
-    for method in cfg.methods:
-        by_fraction: dict[str, Any] = {}
-        for fraction in cfg.all_fractions:
-            first = sets_dir / set_name(method, fraction, cfg.seeds[0] if method == "random" else None)
-            runs = []
-            for s in cfg.seeds:
-                folder = sets_dir / set_name(method, fraction, s if method == "random" else None)
-                runs.append(run(folder / "kept.jsonl", s, f"{method} {fraction:g} seed {s}"))
-            entry = paired_bootstrap([r.hits for r in runs], [r.hits for r in base_runs])
-            entry.update(
-                coherent_rate=_mean([r.coherent for r in runs]),
-                in_domain=_mean([r.in_domain for r in runs]),
-                # what was removed (round(fraction * n) / n), not the fraction asked for
-                fraction_removed=_share_removed(first),
-                removed=removal_diagnostics(first, labels),
-            )
-            by_fraction[f"{fraction:g}"] = entry
-        headline = dict(by_fraction[f"{cfg.fraction:g}"])
-        section[method] = {**headline, "score": METHOD_SCORES.get(method), "by_fraction": by_fraction}
-    return section
+    runs = collect_filter_runs(art, sae_dir, cfg, toxic=toxic, benign=benign, root=root, on_run=on_run)
+    return filter_section(runs, cfg)

@@ -2,7 +2,9 @@
 intervals over seeds, and what a filter removed by the organism's ground truth.
 
 The intervals are two-level bootstraps: seeds are resampled, then each picked seed's rate is drawn from
-its Jeffreys posterior given its answers; a filtered run and the unfiltered one are paired by seed.
+its Jeffreys posterior given its answers; a filtered run and the unfiltered one are paired by unit (an
+organism and a fine-tuning seed). :func:`matched_retention` compares filters at equal in-domain task
+retention (EM where each filter's EM-vs-retention curve meets a retention budget).
 
 Python::
 
@@ -16,11 +18,21 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["in_domain_rate", "ood_hits", "paired_bootstrap", "rate_with_ci", "removal_diagnostics"]
+__all__ = [
+    "BudgetPoint",
+    "arm_vs_filters",
+    "budget_point",
+    "in_domain_rate",
+    "matched_retention",
+    "ood_hits",
+    "paired_bootstrap",
+    "rate_with_ci",
+    "removal_diagnostics",
+]
 
 
 def ood_hits(records: Sequence[Mapping[str, Any]], domains: Sequence[str] | None = None) -> np.ndarray:
@@ -167,3 +179,226 @@ def removal_diagnostics(set_dir: Path, labels: Sequence[Mapping[str, Any]]) -> d
 
         out["spearman_score_llr"] = float(spearmanr(scores[ok], llr[ok]).statistic)
     return out
+
+
+class BudgetPoint(NamedTuple):
+    """Where a filter's EM-vs-retention curve meets the retention budget."""
+
+    misaligned_rate: float
+    fraction: float
+    """Fraction removed there (interpolated between the fractions run)."""
+    retention: float
+    at_target: bool
+    """True: the curve falls to the target retention within the grid (the point is interpolated there);
+    False: it stays above the target at every fraction run (the point is the largest fraction's)."""
+
+
+def budget_point(
+    fractions: Sequence[float], retention: Sequence[float], em: Sequence[float], target: float
+) -> BudgetPoint:
+    """EM where a filter has given up in-domain retention down to ``target``, along its curve.
+
+    The curve runs through the points in the given order (the unfiltered run first, at fraction 0, then
+    increasing fractions). The first segment whose retention falls below ``target`` is interpolated
+    linearly (in retention) at ``target``; a curve that never falls below it gives its last point.
+
+    Raises:
+        ValueError: on lists of different lengths, an empty curve, or a NaN point.
+    """
+    if not (len(fractions) == len(retention) == len(em)) or not fractions:
+        raise ValueError(f"need equal non-empty lists, got {len(fractions)}, {len(retention)}, {len(em)}")
+    values = np.array([fractions, retention, em], dtype=float)
+    if not np.isfinite(values).all():
+        raise ValueError(f"curve has missing values: fractions {fractions}, retention {retention}, em {em}")
+    for i in range(1, len(fractions)):
+        if retention[i] < target <= retention[i - 1]:
+            t = (retention[i - 1] - target) / (retention[i - 1] - retention[i])
+            return BudgetPoint(
+                float(em[i - 1] + t * (em[i] - em[i - 1])),
+                float(fractions[i - 1] + t * (fractions[i] - fractions[i - 1])),
+                float(target),
+                True,
+            )
+    return BudgetPoint(float(em[-1]), float(fractions[-1]), float(retention[-1]), False)
+
+
+def _series(entry: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per unit: misaligned count, answers, in-domain retention (NaN where missing)."""
+    n = np.asarray(entry.get("n_answers", []), dtype=float)
+    rate = np.asarray([np.nan if v is None else v for v in entry.get("per_seed", [])], dtype=float)
+    ret = np.asarray([np.nan if v is None else v for v in entry.get("in_domain_per_unit", [])], dtype=float)
+    return np.nan_to_num(np.round(rate * n)), n, ret
+
+
+class _Frontier:
+    """Every filter's EM-vs-retention curve, per unit, with paired bootstrap draws over units."""
+
+    def __init__(self, section: Mapping[str, Any], methods: Sequence[str] | None, n_boot: int, seed: int):
+        if methods is None:
+            methods = [k for k, v in section.items() if isinstance(v, Mapping) and "by_fraction" in v]
+        self.base = _series(section["unfiltered"])
+        self.curves: dict[str, list[tuple[float, np.ndarray, np.ndarray, np.ndarray]]] = {}
+        for m in methods:
+            by_fraction = section[m]["by_fraction"]
+            self.curves[m] = [(0.0, *self.base)] + [
+                (float(f), *_series(by_fraction[f])) for f in sorted(by_fraction, key=float)
+            ]
+        r0 = self.base[2]
+        series = [r for c in self.curves.values() for *_, r in c] + [r0]
+        self.ok = bool(r0.size) and all(r.size == r0.size and not np.isnan(r).any() for r in series)
+        self.rng = np.random.default_rng(seed)
+        self.picks = self.rng.integers(0, max(1, r0.size), size=(n_boot, max(1, r0.size)))
+        self.n_boot = n_boot
+        self._boot: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+
+    @staticmethod
+    def rate(k: np.ndarray, n: np.ndarray) -> float:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return float(np.nanmean(k / n))
+
+    def draw(self, k: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Per resample, the mean over the picked units of each unit's Jeffreys-posterior rate draw."""
+        kp, np_ = k[self.picks], n[self.picks]
+        beta = self.rng.beta(kp + 0.5, np.maximum(np_ - kp, 0) + 0.5)
+        with np.errstate(invalid="ignore"):
+            return np.nanmean(np.where(np_ > 0, beta, np.nan), axis=1)
+
+    def point(self, m: str, target: float) -> BudgetPoint:
+        c = self.curves[m]
+        return budget_point(
+            [f for f, *_ in c],
+            [float(r.mean()) for *_, r in c],
+            [self.rate(k, n) for _, k, n, _ in c],
+            target,
+        )
+
+    def boot(self, m: str, targets: np.ndarray, base_draws: np.ndarray) -> np.ndarray:
+        """The filter's EM at each resample's target retention (the unfiltered point drawn as given)."""
+        if m not in self._boot:
+            c = self.curves[m]
+            self._boot[m] = (
+                [self.draw(k, n) for _, k, n, _ in c[1:]],
+                [r[self.picks].mean(axis=1) for *_, r in c],
+            )
+        em_draws, ret_draws = self._boot[m]
+        fractions = [f for f, *_ in self.curves[m]]
+        return np.array(
+            [
+                budget_point(
+                    fractions,
+                    [r[b] for r in ret_draws],
+                    [base_draws[b]] + [e[b] for e in em_draws],
+                    targets[b],
+                ).misaligned_rate
+                for b in range(self.n_boot)
+            ]
+        )
+
+
+def matched_retention(
+    section: Mapping[str, Any],
+    *,
+    methods: Sequence[str] | None = None,
+    drop: float = 0.05,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Compare filters at equal in-domain task retention: EM at the retention budget, with intervals.
+
+    The budget is the unfiltered runs' mean retention minus ``drop`` (5 pp by default, the issue's "within
+    5 pp of unfiltered"). Each filter's EM is read off its EM-vs-retention curve where the curve falls to
+    the budget (:func:`budget_point`); a filter that keeps the task at every fraction run is read at its
+    largest fraction (``at_target`` False: more removal might still fit the budget). So every filter is
+    compared at the same retention when it reaches the budget, and at its most aggressive setting when it
+    never does.
+
+    Intervals: the section's pairing units (organisms x seeds) are resampled with replacement, the same
+    units for every filter and the unfiltered runs, each unit's rate drawn from its Jeffreys posterior (as
+    :func:`paired_bootstrap`); the budget is recomputed per resample. ``minus_random`` is the paired EM
+    difference to random removal at the budget.
+
+    Args:
+        section: a filtering section (``run_filter_experiment``): ``unfiltered`` and per-method entries
+            with ``by_fraction`` entries holding ``per_seed``, ``n_answers`` and ``in_domain_per_unit``.
+        methods: filters to compare (default: every entry with ``by_fraction``).
+        drop: retention given up, in share points (0.05 = 5 pp).
+        n_boot: resamples.
+        seed: RNG seed.
+
+    Returns:
+        ``{"drop", "unfiltered_in_domain", "target_retention", "unfiltered_rate", <method>: {...}}`` or
+        ``{"drop", "unavailable": reason}`` when retention was not measured.
+    """
+    if not 0 <= drop < 1:
+        raise ValueError(f"drop must be in [0, 1), got {drop}")
+    fr = _Frontier(section, methods, n_boot, seed)
+    if not fr.ok:
+        return {"drop": drop, "unavailable": "in-domain retention was not measured for every run"}
+    k0, n0, r0 = fr.base
+    target = float(r0.mean()) - drop
+    base_rate = fr.rate(k0, n0)
+    boot_base = fr.draw(k0, n0)
+    boot_target = r0[fr.picks].mean(axis=1) - drop
+    points = {m: fr.point(m, target) for m in fr.curves}
+    boot = {m: fr.boot(m, boot_target, boot_base) for m in fr.curves}
+    out: dict[str, Any] = {
+        "drop": drop,
+        "unfiltered_in_domain": float(r0.mean()),
+        "target_retention": target,
+        "unfiltered_rate": base_rate,
+    }
+    for m, p in points.items():
+        entry: dict[str, Any] = {**p._asdict(), "ci": _interval(boot[m], p.misaligned_rate)}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            entry["relative_reduction_ci"] = _quantiles(1 - boot[m] / boot_base)
+        entry["relative_reduction"] = 1 - p.misaligned_rate / base_rate if base_rate > 0 else None
+        if "random" in points and m != "random":
+            entry["minus_random"] = p.misaligned_rate - points["random"].misaligned_rate
+            entry["minus_random_ci"] = _quantiles(boot[m] - boot["random"])
+        out[m] = entry
+    return out
+
+
+def arm_vs_filters(
+    section: Mapping[str, Any],
+    arm: Mapping[str, Any],
+    *,
+    methods: Sequence[str] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Compare a fine-tuning arm (one point: EM, retention) with each filter at the arm's retention.
+
+    Each filter's EM is read off its curve at the arm's mean retention (:func:`budget_point`);
+    ``arm_minus_filter`` < 0 means the arm has less EM than the filter at equal task retention. Intervals
+    as :func:`matched_retention`, with the arm's units paired with the section's (same order).
+
+    Args:
+        section: a filtering section.
+        arm: an entry with ``per_seed``, ``n_answers`` and ``in_domain_per_unit`` over the section's units.
+    """
+    fr = _Frontier(section, methods, n_boot, seed)
+    ka, na, ra = _series(arm)
+    if not fr.ok or ra.size != fr.base[2].size or np.isnan(ra).any():
+        return {"unavailable": "in-domain retention was not measured for every run"}
+    arm_rate = fr.rate(ka, na)
+    boot_arm = fr.draw(ka, na)
+    boot_target = ra[fr.picks].mean(axis=1)
+    boot_base = fr.draw(*fr.base[:2])
+    out: dict[str, Any] = {"retention": float(ra.mean())}
+    for m in fr.curves:
+        p = fr.point(m, float(ra.mean()))
+        diffs = boot_arm - fr.boot(m, boot_target, boot_base)
+        out[m] = {
+            "filter_rate": p.misaligned_rate,
+            "filter_fraction": p.fraction,
+            "at_target": p.at_target,
+            "arm_minus_filter": arm_rate - p.misaligned_rate,
+            "arm_minus_filter_ci": _quantiles(diffs),
+        }
+    return out
+
+
+def _quantiles(draws: np.ndarray) -> list[float] | None:
+    draws = draws[np.isfinite(draws)]
+    return [float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))] if draws.size else None
