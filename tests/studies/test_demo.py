@@ -69,8 +69,10 @@ def _check_summary(summary: dict, out: Path) -> None:
     )
     # Pooled over 2 organisms x 1 seed: every rate has two units, each organism keeps its own numbers.
     assert len(summary["em"]["insecure"]["per_seed"]) == 2
+    assert summary["filtering"]["units"] == ["organism0/s0", "organism1/s0"]
     assert (
-        summary["filtering"]["n_organisms"] == 2 and len(summary["filtering"]["unfiltered"]["per_seed"]) == 2
+        len(summary["filtering"]["unfiltered"]["per_seed"]) == 2
+        and "random" in summary["filtering"]["geometry_vs"]
     )
     assert len(summary["geometry"]["per_organism_p"]) == 2
     assert set(summary["per_organism"]) == {"seed0", "seed1"}
@@ -79,6 +81,8 @@ def _check_summary(summary: dict, out: Path) -> None:
         == summary["em"]["insecure"]["per_seed"][1]
     )
     assert {v["verdict"] for v in summary["verdicts"]} <= {"held", "not held", "not measured"}
+    assert len(summary["per_organism"]["seed0"]["filtering"]["geometry"]) == 1  # one unit per organism
+    assert len(summary["per_organism"]["seed0"]["filtering"]["geometry"]) == 1  # one unit per organism
     assert any(v["claim"] == "EM: insecure > secure" for v in summary["verdicts"])
     assert json.loads((out / "summary.json").read_text()) == summary
     assert (out / "report.html").read_text().count("data:image/png;base64,") >= 5

@@ -7,9 +7,9 @@ import pytest
 
 from spillover.studies.demo.pooled import (
     combine_pvalues,
+    geometry_vs_others,
     hits_from_entry,
     paired_difference,
-    pooled_filtering,
     spearman_with_p,
 )
 from spillover.studies.demo.verdicts import verdicts
@@ -55,23 +55,18 @@ def _filter_section(
     geometry: list[tuple[int, int]], random: list[tuple[int, int]], base: list[tuple[int, int]]
 ):
     b = _hits(*base)
-    section = {
-        "dataset": "insecure_mixed",
-        "fraction": 0.5,
-        "fractions": [0.5],
-        "seeds": [0],
-        "unfiltered": rate_with_ci(b),
-    }
+    section = {"dataset": "insecure_mixed", "fraction": 0.5, "unfiltered": rate_with_ci(b)}
     for name, counts in (("geometry", geometry), ("random", random)):
         section[name] = {**paired_bootstrap(_hits(*counts), b), "by_fraction": {}, "in_domain": 0.9}
+    section["geometry_vs"] = geometry_vs_others(section)
     return section
 
 
 def _summary(em_gap: bool, geometry_p: float, filter_wins: bool, dyn_rs: list[float]) -> dict:
     ind = _hits((12, 100), (15, 100), (10, 100)) if em_gap else _hits((3, 100), (2, 100), (4, 100))
     ctl = _hits((1, 100), (2, 100), (1, 100)) if em_gap else _hits((3, 100), (3, 100), (3, 100))
-    geo_counts = [(2, 100)] if filter_wins else [(10, 100)]
-    sections = [_filter_section(geo_counts, [(10, 100)], [(12, 100)]) for _ in range(3)]
+    geo_counts = [(2, 100)] * 3 if filter_wins else [(10, 100)] * 3
+    filtering = _filter_section(geo_counts, [(10, 100)] * 3, [(12, 100)] * 3)
     em = {
         "insecure": rate_with_ci(ind),
         "secure": rate_with_ci(ctl),
@@ -90,9 +85,17 @@ def _summary(em_gap: bool, geometry_p: float, filter_wins: bool, dyn_rs: list[fl
             "spearman_vs_em": 0.9,
             "spearman_p_value": 0.04,
         },
-        "filtering": pooled_filtering(sections),
+        "filtering": filtering,
         "dynamics": {"per_organism_pearson_r": dyn_rs},
     }
+
+
+def test_geometry_is_compared_with_every_other_filter_by_unit():
+    section = _filter_section([(2, 100)] * 3, [(10, 100)] * 3, [(12, 100)] * 3)
+    vs = section["geometry_vs"]
+    assert set(vs) == {"random"}  # the unfiltered entry is not a filter
+    assert vs["random"]["relative_reduction"] == pytest.approx(0.8)
+    assert vs["random"]["relative_reduction_ci"][0] > 0
 
 
 def test_every_claim_holds_when_the_numbers_support_it():

@@ -141,8 +141,12 @@ def _filter_table(summary: Mapping[str, Any]) -> str:
     filt = summary.get("filtering")
     if not isinstance(filt, Mapping):
         return '<p class="missing">No filtering experiment in this run.</p>'
-    methods = [m for m in _METHOD_ORDER if isinstance(filt.get(m), Mapping)]
-    methods += [m for m, v in filt.items() if isinstance(v, Mapping) and m not in methods]
+
+    def is_row(v: Any) -> bool:  # a method's entry, not another mapping of the section
+        return isinstance(v, Mapping) and "misaligned_rate" in v
+
+    methods = [m for m in _METHOD_ORDER if is_row(filt.get(m))]
+    methods += [m for m, v in filt.items() if is_row(v) and m not in methods]
     rows = []
     for m in methods:
         e = filt[m]

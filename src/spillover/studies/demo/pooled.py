@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from spillover.studies.filtering_stats import paired_bootstrap, rate_with_ci
+from spillover.studies.filtering_stats import paired_bootstrap
 
 __all__ = [
     "combine_pvalues",
     "hits_from_entry",
     "paired_difference",
-    "pooled_filtering",
+    "geometry_vs_others",
     "spearman_with_p",
 ]
 
@@ -102,48 +102,17 @@ def spearman_with_p(
     return {"rho": rho, "p_value": float(np.mean(null >= rho - 1e-12)), "n": len(rx)}
 
 
-def pooled_filtering(sections: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """One filtering section pooled over organisms (each a ``run_filter_experiment`` section).
+def geometry_vs_others(section: Mapping[str, Any]) -> dict[str, Any]:
+    """Geometry filtering against each other filter of a filtering section, paired by unit.
 
-    Every method's headline entry is re-estimated over all units, paired with the unfiltered fine-tune of
-    the same unit; ``geometry_vs`` compares geometry filtering with each other filter directly
-    (``relative_reduction`` = 1 - EM(geometry) / EM(other), paired by unit).
+    ``relative_reduction`` is 1 - EM(geometry) / EM(other) with its paired bootstrap interval: above 0,
+    geometry left less EM than the other filter on the same units.
     """
-    first = sections[0]
-    methods = [m for m in first if isinstance(first[m], dict) and "by_fraction" in first[m]]
-    base = [h for s in sections for h in hits_from_entry(s["unfiltered"])]
-    pooled: dict[str, Any] = {
-        "dataset": first["dataset"],
-        "fraction": first["fraction"],
-        "fractions": first["fractions"],
-        "seeds": first["seeds"],
-        "n_organisms": len(sections),
-        "schedule": first.get("schedule"),
-        "unfiltered": {
-            **rate_with_ci(base),
-            "coherent_rate": _mean(s["unfiltered"].get("coherent_rate") for s in sections),
-            "in_domain": _mean(s["unfiltered"].get("in_domain") for s in sections),
-            "fraction_removed": 0.0,
-        },
+    if not isinstance(section.get("geometry"), Mapping):
+        return {}
+    geo = hits_from_entry(section["geometry"])
+    return {
+        m: paired_bootstrap(geo, hits_from_entry(e))
+        for m, e in section.items()
+        if m != "geometry" and isinstance(e, Mapping) and "by_fraction" in e
     }
-    hits: dict[str, list[np.ndarray]] = {}
-    for m in methods:
-        hits[m] = [h for s in sections for h in hits_from_entry(s[m])]
-        pooled[m] = {
-            **paired_bootstrap(hits[m], base),
-            "coherent_rate": _mean(s[m].get("coherent_rate") for s in sections),
-            "in_domain": _mean(s[m].get("in_domain") for s in sections),
-            "fraction_removed": first[m].get("fraction_removed"),
-            "score": first[m].get("score"),
-            "per_organism_reduction": [s[m].get("relative_reduction") for s in sections],
-        }
-    if "geometry" in hits:
-        pooled["geometry_vs"] = {
-            m: paired_bootstrap(hits["geometry"], hits[m]) for m in methods if m != "geometry"
-        }
-    return pooled
-
-
-def _mean(values: Any) -> float | None:
-    clean = [float(v) for v in values if v is not None]
-    return float(np.mean(clean)) if clean else None

@@ -15,7 +15,7 @@ from spillover.config import config_hash, to_dict
 from spillover.organism.pipeline import OrganismArtifacts
 from spillover.rundir import default_root, git_revision
 from spillover.studies.demo.config import DemoConfig
-from spillover.studies.demo.pooled import pooled_filtering
+from spillover.studies.demo.pooled import geometry_vs_others
 from spillover.studies.demo.stages import em_runs, exact_em, geometry_stage, seeded_eval, spillover_stage
 from spillover.studies.demo.summary import (
     clean_nans,
@@ -66,7 +66,6 @@ class _Run:
     """Step name -> its stage folder, for the summary."""
     summary: dict[str, Any] = field(default_factory=dict)
     per_organism_em: list[dict[str, Any]] = field(default_factory=list)
-    per_organism_filtering: list[dict[str, Any]] = field(default_factory=list)
     per_organism_dynamics: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -117,7 +116,7 @@ def run_demo(
     _filtering(run, organisms, layers)
     _dynamics(run, organisms, layers)
     run.summary["per_organism"] = per_organism(
-        organisms, sections, run.per_organism_em, run.per_organism_filtering, run.per_organism_dynamics
+        organisms, sections, run.per_organism_em, run.summary.get("filtering"), run.per_organism_dynamics
     )
     run.summary["verdicts"] = verdicts(run.summary)
     run.summary["timings"] = {**run.timer.timings, "total_s": round(time.perf_counter() - started, 2)}
@@ -199,26 +198,28 @@ def _spillover(run: _Run, inputs: _Inputs, layer: int) -> None:
 def _filtering(run: _Run, organisms: list[_Inputs], layers: list[int]) -> None:
     if run.cfg.filtering is None:
         return
-    from spillover.studies.filtering import run_filter_experiment
+    from spillover.studies.filtering import collect_filter_runs, filter_section, merge_filter_runs
 
     fcfg = replace(run.cfg.filtering, seeds=run.cfg.seeds)
-    sections = []
+    collected = []
     with run.timer.stage("filtering"):
         for inputs, layer in zip(organisms, layers, strict=True):
-            say = _prefixed(run.say, f"filtering (organism {inputs.art.config.seed}): ")
-            sections.append(
-                run_filter_experiment(
+            seed = inputs.art.config.seed
+            collected.append(
+                collect_filter_runs(
                     inputs.art,
                     inputs.sae_root / f"layer_{layer}",
                     fcfg,
+                    organism=f"organism{seed}" if len(organisms) > 1 else "",
                     toxic=inputs.corpora / "toxic.jsonl",
                     benign=inputs.corpora / "benign.jsonl",
                     root=run.root,
-                    on_run=say,
+                    on_run=_prefixed(run.say, "filtering: "),
                 )
             )
-    run.per_organism_filtering = sections
-    run.summary["filtering"] = pooled_filtering(sections)
+    section = filter_section(merge_filter_runs(collected), fcfg)
+    section["geometry_vs"] = geometry_vs_others(section)
+    run.summary["filtering"] = section
 
 
 def _prefixed(say: Callable[[str], None], prefix: str) -> Callable[[str], None]:

@@ -140,7 +140,7 @@ def per_organism(
     organisms: list[Any],
     sections: list[dict[str, Any]],
     em: list[dict[str, Any]],
-    filtering: list[dict[str, Any]],
+    filtering: dict[str, Any] | None,
     dynamics: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """Each organism's own headline numbers, keyed ``seed<N>`` (what a shipped organism's manifest records).
@@ -148,28 +148,17 @@ def per_organism(
     Args:
         organisms: the demo's organisms (anything with ``.art``, an ``OrganismArtifacts``).
         sections: their geometry sections; em: their EM entries per dataset.
-        filtering: their filtering sections (empty when filtering was skipped).
+        filtering: the (merged) filtering section; each method's per-unit reductions are split by organism.
         dynamics: their dynamics results (empty when skipped).
     """
-    filt = filtering
+    units = (filtering or {}).get("units", [])
     out: dict[str, Any] = {}
     for i, (section, em_i, inputs) in enumerate(zip(sections, em, organisms, strict=True)):
+        seed = inputs.art.config.seed
+        keep = ("misaligned_rate", "ci", "coherent_rate", "in_domain", "em_probability", "em_probability_ci")
         entry: dict[str, Any] = {
             "organism_run": inputs.art.run_dir.name,
-            "em": {
-                name: {
-                    k: e.get(k)
-                    for k in (
-                        "misaligned_rate",
-                        "ci",
-                        "coherent_rate",
-                        "in_domain",
-                        "em_probability",
-                        "em_probability_ci",
-                    )
-                }
-                for name, e in em_i.items()
-            },
+            "em": {name: {k: e.get(k) for k in keep} for name, e in em_i.items()},
             "geometry": {
                 "layer": section.get("layer"),
                 "p_value": section.get("p_value"),
@@ -177,15 +166,16 @@ def per_organism(
                 "spearman_vs_em": section.get("spearman_vs_em"),
             },
         }
-        if i < len(filt):
+        mine = [j for j, u in enumerate(units) if len(organisms) == 1 or u.startswith(f"organism{seed}/")]
+        if filtering and mine:
             entry["filtering"] = {
-                m: filt[i][m].get("relative_reduction")
-                for m in filt[i]
-                if isinstance(filt[i][m], dict) and "relative_reduction" in filt[i][m]
+                m: [e["per_seed_reduction"][j] for j in mine]
+                for m, e in filtering.items()
+                if isinstance(e, dict) and "per_seed_reduction" in e
             }
         if i < len(dynamics):
             entry["dynamics_pearson_r"] = dynamics[i].get("pearson_r")
-        out[f"seed{inputs.art.config.seed}"] = entry
+        out[f"seed{seed}"] = entry
     return out
 
 
@@ -211,7 +201,7 @@ def summary_notes(summary: dict[str, Any]) -> list[str]:
                 f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]" if ci else ""
             )
 
-        units = len(filt.get("seeds", [])) * filt.get("n_organisms", 1)
+        units = len(filt.get("units") or filt.get("seeds", []))
         notes.append(
             f"Relative EM reduction at {100 * filt.get('fraction', 0):.0f}% removal over {units} "
             f"organism x seed unit(s): geometry {rr(g)}, random {rr(r)}"
