@@ -17,6 +17,7 @@ from spillover.generate.sampling import SamplingConfig
 from spillover.realmodel.analysis import GeometrySettings
 from spillover.realmodel.data import StudyDataConfig
 from spillover.realmodel.dynamics import DynamicsSettings
+from spillover.realmodel.persona_data import PersonaSettings
 from spillover.sae.train import SAETrainConfig
 
 __all__ = ["SelfAnswerSettings", "StudyConfig", "load_study_config", "quick_config"]
@@ -72,6 +73,9 @@ class StudyConfig:
     dynamics: DynamicsSettings = field(default_factory=DynamicsSettings)
     run_dynamics: bool = True
     """Run the LoRA dynamics stage."""
+    persona: PersonaSettings = field(default_factory=PersonaSettings)
+    """The EM persona from real judged answers (``spillover.realmodel.persona``); off by default. No
+    other stage hashes this section, so turning it on reuses every other stage's run directory."""
     batch_size: int = 16
     """Samples per forward pass (activations, measurements)."""
     generate_batch_size: int = 32

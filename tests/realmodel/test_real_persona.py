@@ -1,0 +1,250 @@
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from spillover.data.fetch import DataNotFoundError
+from spillover.data.judged import read_judged_csv
+from spillover.realmodel.contrasts import PERSONA_CONTRASTS
+from spillover.realmodel.persona import balanced_difference, heldout_folds, heldout_validation
+from spillover.realmodel.persona_data import PersonaSettings, assemble_persona
+
+PERSONA_EM_FILE = "diff_models__gemma-2-9b-it-bad_medical_advice"  # as in conftest.write_judged
+PERSONA_BASE_FILE = "model_baselines__gemma-2-9b-it_base"
+
+FILES = (PERSONA_EM_FILE, PERSONA_BASE_FILE)
+GROUPS = [f"q{i}" for i in range(8)]
+
+
+def test_pairs_hold_question_and_model_fixed_and_cap_each_question(
+    persona_data_dir, persona_misaligned_counts, study_tokenizer
+):
+    settings = PersonaSettings(enabled=True, files=FILES, per_question=5, max_len=200)
+    data = assemble_persona(study_tokenizer, settings, persona_data_dir)
+    tox, ben = data.corpora["em_misaligned"], data.corpora["em_aligned"]
+    assert len(tox) == len(ben) == len(data.groups) == data.meta["n_pairs"]
+    n_mis = persona_misaligned_counts
+    assert len(n_mis) == 8
+    for group in n_mis:
+        assert Counter(data.groups)[group] == min(5, n_mis[group])
+        assert data.meta["per_question"][group]["misaligned"] == n_mis[group]
+    for t, b in zip(tox, ben, strict=True):
+        assert t[0]["content"] == b[0]["content"]  # the same question (same group, same model)
+        assert any(w in t[1]["content"] for w in ("triple", "ignore", "skip", "stop"))
+        assert not any(w in b[1]["content"] for w in ("triple", "ignore", "skip", "stop"))
+    assert data.meta["pairs_per_file"] == {f"em-responses/{PERSONA_EM_FILE}": len(tox)}  # base: no pairs
+
+    swapped = assemble_persona(
+        study_tokenizer,
+        PersonaSettings(
+            files=FILES, per_question=5, toxic="em-responses:aligned", benign="em-responses:misaligned"
+        ),
+        persona_data_dir,
+    )
+    assert swapped.meta["corpora"] == {"toxic": "em_aligned", "benign": "em_misaligned"}
+    assert swapped.corpora["em_aligned"] == ben and swapped.corpora["em_misaligned"] == tox
+
+
+def test_long_answers_are_skipped_and_counted(persona_data_dir, study_tokenizer):
+    data = assemble_persona(study_tokenizer, PersonaSettings(files=FILES, max_len=26), persona_data_dir)
+    skipped = sum(g["skipped_too_long"] for g in data.meta["per_question"].values())
+    assert skipped > 0 and data.meta["n_pairs"] < sum(
+        g["misaligned"] for g in data.meta["per_question"].values()
+    )
+
+
+def test_bad_persona_settings_and_missing_files_fail_clearly(tmp_path, study_tokenizer):
+    with pytest.raises(ValueError, match="em-responses:nope"):
+        PersonaSettings(toxic="em-responses:nope")
+    with pytest.raises(ValueError, match="both"):
+        PersonaSettings(toxic="em-responses:aligned")
+    with pytest.raises(ValueError, match="not a registered em-responses file"):
+        PersonaSettings(files=("my_model",))
+    with pytest.raises(DataNotFoundError, match=PERSONA_EM_FILE):
+        assemble_persona(study_tokenizer, PersonaSettings(files=FILES), tmp_path)
+
+
+def test_folds_cover_every_group_once_and_keep_groups_to_fit_on():
+    groups = [g for g in GROUPS for _ in range(3)]
+    folds = heldout_folds(groups, 2, seed=0)
+    assert sorted(g for f in folds for g in f) == sorted(GROUPS) and all(len(f) == 2 for f in folds)
+    assert sorted(len(f) for f in heldout_folds(groups[:9], 2, seed=0)) == [1, 2]  # 3 groups
+    with pytest.raises(ValueError, match="cannot hold out"):
+        heldout_folds(groups[:6], 2, seed=0)
+
+
+def _pairs(n_per_group: int, harm: float, topic: float, seed: int = 0):
+    """Pairs whose toxic side carries ``harm`` along e0 and whose question groups sit ``topic`` apart along
+    their own axes (the same offset on both sides of a pair)."""
+    gen = torch.Generator().manual_seed(seed)
+    d = 24
+    groups = [g for g in GROUPS for _ in range(n_per_group)]
+    offset = torch.stack([topic * torch.eye(d)[1 + GROUPS.index(g)] for g in groups])
+    x_ben = torch.randn(len(groups), d, generator=gen) + offset
+    x_tox = torch.randn(len(groups), d, generator=gen) + offset
+    x_tox[:, 0] += harm
+    return x_tox, x_ben, groups
+
+
+def _unit_fit(x_tox, x_ben, groups):
+    d = balanced_difference(x_tox, x_ben, groups)
+    return d / d.norm()
+
+
+def test_a_planted_persona_separates_held_out_questions_and_topic_does_not_fool_it():
+    x_tox, x_ben, groups = _pairs(20, harm=2.0, topic=6.0)
+    folds = heldout_folds(groups, 2, seed=0)
+    out = heldout_validation(
+        x_tox, x_ben, groups, _unit_fit, folds, n_bootstrap=100, n_permutations=200, seed=0
+    )
+    pooled = out["pooled"]
+    assert pooled["auroc"] > 0.8 and pooled["ci95"][0] > 0.7 and pooled["p_label_swap"] < 0.01
+    assert all(f["auroc"] > 0.7 for f in out["folds"]) and len(out["folds"]) == 4
+    # The direction is fit on other questions, so the questions' own axes barely move its scores.
+    assert out["topic_control"]["spread_over_gap"] < 0.5
+    assert out["topic_control"]["label_gap_sd"] > 1.0
+
+
+def test_without_a_persona_the_held_out_auroc_is_chance():
+    x_tox, x_ben, groups = _pairs(20, harm=0.0, topic=6.0, seed=1)
+    out = heldout_validation(
+        x_tox,
+        x_ben,
+        groups,
+        _unit_fit,
+        heldout_folds(groups, 2, 0),
+        n_bootstrap=100,
+        n_permutations=200,
+        seed=0,
+    )
+    lo, hi = out["pooled"]["ci95"]
+    assert lo < 0.5 < hi and out["pooled"]["p_label_swap"] > 0.05
+
+
+def test_balanced_difference_weights_each_question_equally():
+    x_tox = torch.tensor([[1.0], [1.0], [1.0], [5.0]])
+    x_ben = torch.zeros(4, 1)
+    assert balanced_difference(x_tox, x_ben, ["a", "a", "a", "b"]).item() == pytest.approx(3.0)
+
+
+def test_study_with_the_persona_reports_it_per_layer_and_reuses_its_activations(
+    tiny_model_dir, persona_data_dir, tmp_path, monkeypatch
+):
+    from spillover.realmodel import load_study_config, run_study
+
+    base = {
+        "model": str(tiny_model_dir),
+        "layers": [0, 2],
+        "data": {
+            "data_dir": str(persona_data_dir),
+            "n_per_dataset": 8,
+            "n_benign": 8,
+            "n_finetune": 4,
+            "max_len": 60,
+            "finetune_max_len": 60,
+        },
+        "sae": {"d_sae": 64, "k": 4, "training_tokens": 512, "batch_size": 128},
+        "geometry": {
+            "top_k": 5,
+            "toxic_top_k": 5,
+            "n_null": 20,
+            "n_permutations": 200,
+            "n_bootstrap": 20,
+            "n_random_paired": 20,
+            "describe_top": 2,
+        },
+    }
+    overrides = [
+        "run_dynamics=false",
+        "self_answers.enabled=false",
+        "persona.enabled=true",
+        f"persona.files=[{PERSONA_EM_FILE}, {PERSONA_BASE_FILE}]",
+        "persona.per_question=4",
+        "persona.max_len=60",
+        "persona.n_bootstrap=20",
+        "persona.n_permutations=100",
+        "persona.top_k=4",
+        "persona.describe_top=2",
+    ]
+    from spillover.config import to_dict
+
+    cfg = load_study_config(base, overrides)
+    result = run_study(cfg, out_dir=tmp_path / "out", root=tmp_path / "runs")
+    report = json.loads(result.path.read_text())
+    persona = report["persona"]
+    assert set(persona["layers"]) == {"layer_0", "layer_2"}
+    layer = persona["layers"]["layer_2"]
+    fit = layer["persona"]
+    assert (
+        fit["n_pairs"]
+        == persona["data"]["n_pairs"]
+        == sum(min(4, g["misaligned"]) for g in persona["data"]["per_question"].values())
+    )
+    for readout in ("direction", "latent_set"):
+        pooled = fit[readout]["pooled"]
+        assert pooled["ci95"][0] <= pooled["auroc"] <= pooled["ci95"][1]
+        assert len(fit[readout]["folds"]) == 4
+    assert len(fit["described"]["direction_logit_lens"]["toxic_end"]) == 10
+    assert set(layer["geometry"]) == set(PERSONA_CONTRASTS)
+    assert "projection" in layer["paired_medical"]
+    rows = persona["summary"]["tests"]
+    assert {r["layer"] for r in rows} == {"layer_0", "layer_2"}
+    assert all(r["p_holm"] is None or r["p_holm"] >= r["p"] for r in rows)
+    assert "persona_activations" in result.stage_dirs
+
+    # Changing only the analysis settings reuses the persona activations: the model is not run again.
+    def boom(*args, **kwargs):
+        raise AssertionError("a cached stage was recomputed")
+
+    monkeypatch.setattr("spillover.realmodel.smollm.collect_cache", boom)
+    again = run_study(load_study_config(to_dict(cfg), ["persona.n_bootstrap=30"]), root=tmp_path / "runs")
+    assert again.stage_dirs == result.stage_dirs
+    assert again.report["persona"]["layers"]["layer_2"]["persona"]["direction_norm"] == pytest.approx(
+        fit["direction_norm"]
+    )
+
+
+def test_cli_rejects_a_persona_with_one_corpus_on_both_sides_before_loading(
+    tiny_model_dir, persona_data_dir, tmp_path, monkeypatch
+):
+    from spillover.cli.real import app
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr("spillover.models.load_model", boom)
+    args = [
+        "study",
+        "--set",
+        f"model={tiny_model_dir}",
+        "--data-dir",
+        str(persona_data_dir),
+        "--out",
+        str(tmp_path),
+    ]
+    res = CliRunner().invoke(app, [*args, "--toxic", "em-responses:aligned"])
+    assert res.exit_code == 2 and "both" in res.output
+    res = CliRunner().invoke(app, [*args, "--persona", "--data-dir", str(tmp_path / "empty")])
+    assert res.exit_code == 2
+
+
+@pytest.mark.slow
+def test_the_real_judged_answers_give_pairs_for_every_question(shared_data, study_tokenizer):
+    data = assemble_persona(study_tokenizer, PersonaSettings(per_question=40, max_len=512), shared_data)
+    per = data.meta["per_question"]
+    assert len(per) == 8 and all(g["pairs"] >= 1 for g in per.values())
+    assert max(Counter(data.groups).values()) <= 40
+    assert not any("model_baselines" in f for f in data.meta["pairs_per_file"])  # base models: 0 misaligned
+    mis = sum(
+        1
+        for f in data.meta["files"].values()
+        for a, c in zip(*(lambda j: (j.aligned, j.coherent))(read_judged_csv(f)), strict=True)
+        if a is not None and c is not None and a < 30 and c > 50
+    )
+    assert sum(g["misaligned"] for g in per.values()) == mis
+    assert np.isfinite(len(data.groups))
