@@ -170,6 +170,14 @@ def test_study_with_the_persona_reports_it_per_layer_and_reuses_its_activations(
         "persona.n_permutations=100",
         "persona.top_k=4",
         "persona.describe_top=2",
+        "persona_shift.enabled=true",
+        "persona_shift.seeds=[0, 1]",
+        "persona_shift.max_steps=1",
+        "persona_shift.n_train=4",
+        "persona_shift.n_answers=2",
+        "persona_shift.max_len=60",
+        "finetune.batch_size=2",
+        "finetune.max_seq_len=60",
     ]
     from spillover.config import to_dict
 
@@ -195,13 +203,25 @@ def test_study_with_the_persona_reports_it_per_layer_and_reuses_its_activations(
     rows = persona["summary"]["tests"]
     assert {r["layer"] for r in rows} == {"layer_0", "layer_2"}
     assert all(r["p_holm"] is None or r["p_holm"] >= r["p"] for r in rows)
-    assert "persona_activations" in result.stage_dirs
+    assert "persona_activations" in result.stage_dirs and "persona_shift" in result.stage_dirs
+    shift = persona["shift"]
+    assert set(shift["losses"]) == {
+        "bad_medical/seed0",
+        "bad_medical/seed1",
+        "good_medical/seed0",
+        "good_medical/seed1",
+    }
+    layer_shift = next(iter(shift["layers"].values()))
+    assert set(layer_shift) == {"gap", "neutral_prompts", "answers_toxic", "answers_benign"}
+    bad = layer_shift["neutral_prompts"]["bad_medical"]["projection_share"]
+    assert len(bad["values"]) == 2 and bad["ci95"][0] <= bad["mean"] <= bad["ci95"][1]
 
     # Changing only the analysis settings reuses the persona activations: the model is not run again.
     def boom(*args, **kwargs):
         raise AssertionError("a cached stage was recomputed")
 
-    monkeypatch.setattr("spillover.realmodel.smollm.collect_cache", boom)
+    monkeypatch.setattr("spillover.realmodel.persona_study.collect_cache", boom)
+    monkeypatch.setattr("spillover.realmodel.persona_study.run_persona_shift", boom)
     again = run_study(load_study_config(to_dict(cfg), ["persona.n_bootstrap=30"]), root=tmp_path / "runs")
     assert again.stage_dirs == result.stage_dirs
     assert again.report["persona"]["layers"]["layer_2"]["persona"]["direction_norm"] == pytest.approx(
@@ -248,3 +268,43 @@ def test_the_real_judged_answers_give_pairs_for_every_question(shared_data, stud
     )
     assert sum(g["misaligned"] for g in per.values()) == mis
     assert np.isfinite(len(data.groups))
+
+
+def test_shift_shares_are_the_projection_of_the_mean_change_over_the_persona_gap(tmp_path):
+    from safetensors.torch import save_file
+
+    from spillover.geometry.features import FeatureSet
+    from spillover.realmodel.persona import PersonaFit
+    from spillover.realmodel.persona_shift import PersonaShiftSettings, summarize_shift
+
+    d, f, n = 4, 6, 5
+    direction = torch.tensor([2.0, 0.0, 0.0, 0.0])  # gap along its unit vector: 2
+    latents = FeatureSet(torch.tensor([1, 2]), torch.tensor([0.5, 0.5]), "mean", "contrast")  # gap: 1
+    fit = PersonaFit(direction, latents, {})
+    base_r, base_c = torch.randn(n, d), torch.rand(n, f)
+    tensors = {"base/p/resid/k": base_r, "base/p/codes/k": base_c}
+    for seed, extra in ((0, 0.9), (1, 1.1)):
+        moved_c = base_c.clone()
+        moved_c[:, 1] += 0.25 * extra
+        tensors[f"bad_medical/seed{seed}/p/resid/k"] = base_r + torch.tensor([extra, 3.0, 0.0, 0.0])
+        tensors[f"bad_medical/seed{seed}/p/codes/k"] = moved_c
+        tensors[f"good_medical/seed{seed}/p/resid/k"] = base_r + torch.tensor([0.0, -3.0, 1.0, 0.0])
+        tensors[f"good_medical/seed{seed}/p/codes/k"] = base_c.clone()
+    save_file(tensors, str(tmp_path / "shift.safetensors"))
+    (tmp_path / "shift.json").write_text(json.dumps({"losses": {}}))
+    out = summarize_shift(tmp_path, {"k": fit}, PersonaShiftSettings(seeds=(0, 1)))
+    probe = out["layers"]["k"]["p"]
+    assert probe["bad_medical"]["projection_share"]["values"] == pytest.approx([0.45, 0.55])
+    assert probe["good_medical"]["projection_share"]["mean"] == pytest.approx(0.0, abs=1e-6)
+    assert probe["bad_medical"]["latent_share"]["mean"] == pytest.approx(0.25)
+    assert probe["inducing_minus_control"]["projection_share"]["mean"] == pytest.approx(0.5)
+    lo, hi = probe["inducing_minus_control"]["projection_share"]["ci95"]
+    assert lo < 0.5 < hi
+
+
+def test_the_shift_needs_the_persona():
+    from spillover.config import ConfigError
+    from spillover.realmodel import load_study_config
+
+    with pytest.raises((ValueError, ConfigError), match="needs persona.enabled"):
+        load_study_config(None, ["persona_shift.enabled=true"])

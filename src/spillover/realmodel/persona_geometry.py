@@ -19,7 +19,7 @@ its own activation cache, then measures the study's datasets against it with the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -33,11 +33,11 @@ from spillover.realmodel.contrasts import (
     DirectionSpec,
 )
 from spillover.realmodel.measures import geometry_contrasts, holm, mean_diff_contrasts, paired_medical_tests
-from spillover.realmodel.persona import persona_layer
+from spillover.realmodel.persona import PersonaFit, persona_layer
 from spillover.realmodel.persona_data import PersonaData, PersonaSettings
 from spillover.sae.load import SAEHandle
 
-__all__ = ["analyse_persona", "summarize_persona"]
+__all__ = ["PersonaAnalysis", "analyse_persona", "summarize_persona"]
 
 _COSINE_WITH = (
     "harm_medical_paired",
@@ -107,6 +107,13 @@ def _geometry_and_means(
     return {"geometry": geometry, "mean_diff": mean_diff, "paired_medical": paired}
 
 
+class PersonaAnalysis(NamedTuple):
+    report: dict[str, Any]
+    """JSON-ready: the persona data's counts, per layer its fit and the datasets against it, the summary."""
+    fits: dict[str, PersonaFit]
+    """SAE key -> the layer's persona direction and latents."""
+
+
 def analyse_persona(
     model: Any,
     tokenizer: Any,
@@ -117,10 +124,11 @@ def analyse_persona(
     analyses: Mapping[int, LayerAnalysis],
     settings: PersonaSettings,
     geo: GeometrySettings,
-) -> dict[str, Any]:
+) -> PersonaAnalysis:
     """Per layer: the persona's fit and validation, and the datasets' geometry against it (docstring)."""
     toxic, benign = persona.meta["corpora"]["toxic"], persona.meta["corpora"]["benign"]
     layers: dict[str, Any] = {}
+    fits: dict[str, PersonaFit] = {}
     for layer, handle in saes.items():
         means = {c: persona_cache.sample_means(c, layer) for c in (toxic, benign)}
         codes = {c: persona_cache.sample_codes(c, handle, layer) for c in (toxic, benign)}
@@ -137,13 +145,16 @@ def analyse_persona(
             settings,
             seed=settings.seed + layer,
         )
+        fits[handle.key] = fit
         layers[f"layer_{layer}"] = {
             "persona": fit.report,
             **_geometry_and_means(
                 cache, handle, layer, analyses[layer], means, fit.direction, fit.latents, toxic, benign, geo
             ),
         }
-    return {"data": persona.meta, "layers": layers, "summary": summarize_persona(layers)}
+    return PersonaAnalysis(
+        {"data": persona.meta, "layers": layers, "summary": summarize_persona(layers)}, fits
+    )
 
 
 def summarize_persona(layers: Mapping[str, Any]) -> dict[str, Any]:

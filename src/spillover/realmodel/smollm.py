@@ -21,10 +21,9 @@ Stages (each a cached run directory under ``$SPILLOVER_HOME/runs``, reused when 
    tests and random-set nulls, mean-difference cosines with bootstrap intervals, paired per-prompt tests.
 5. ``real-dynamics``: a short LoRA fine-tune on bad medical advice; latent-set activation on neutral
    prompts at each checkpoint; answers to the first-plot questions before and after.
-6. ``real-persona-activations`` (only with ``persona.enabled``): the EM persona's matched misaligned /
-   aligned answers (``spillover.realmodel.persona_data``) through the model once; then (seconds, not
-   cached) the persona per layer, validated on held-out questions, and the datasets against it
-   (``spillover.realmodel.persona_geometry``). The SAEs are the study's, trained without these answers.
+6. ``real-persona-activations`` and ``real-persona-shift`` (only with ``persona.enabled`` /
+   ``persona_shift.enabled``): the EM persona from real judged answers, validated on held-out questions,
+   the datasets against it, and LoRA fine-tunes' shift along it (``spillover.realmodel.persona_study``).
 
 The JSON written to ``out_dir/smollm2_study.json`` states every contrast, the data slices, the SAE
 quality, all statistics and the wall time of each stage.
@@ -53,7 +52,7 @@ from spillover.realmodel.cache import ActivationCache, collect_cache
 from spillover.realmodel.contrasts import describe_contrasts
 from spillover.realmodel.data import StudyData, assemble_data, resolve_data_files
 from spillover.realmodel.dynamics import DynamicsRecord, run_dynamics, summarize_record
-from spillover.realmodel.persona_data import assemble_persona, persona_files
+from spillover.realmodel.persona_data import persona_files
 from spillover.realmodel.study_config import StudyConfig
 from spillover.rundir import fingerprint, run_stage
 from spillover.sae.load import SAEHandle, load_sae
@@ -346,45 +345,6 @@ def _dynamics(
     return dynamics
 
 
-def _persona(
-    study: _Study, cache: ActivationCache, saes: dict[int, SAEHandle], analyses: dict[int, LayerAnalysis]
-) -> dict[str, Any]:
-    """The persona corpora's activations (a cached stage), then the persona analysis of every layer."""
-    from spillover.realmodel.persona_geometry import analyse_persona
-
-    cfg, model, tokenizer = study.cfg, study.loaded.model, study.loaded.tokenizer
-    ps = cfg.persona
-    persona = _timed(
-        study.timings, "persona_data", lambda: assemble_persona(tokenizer, ps, cfg.data.data_dir)
-    )
-    dtype = torch.float16 if cfg.cache_dtype == "float16" else torch.float32
-
-    def fn(tmp: Path) -> None:
-        collect_cache(
-            model, tokenizer, persona.corpora, cfg.layers, batch_size=cfg.batch_size, dtype=dtype
-        ).save(tmp)
-
-    # Only what decides the corpora is hashed: the analysis settings do not change the activations.
-    data_keys = ("toxic", "benign", "files", "split", "per_question", "max_len", "seed")
-    config = {
-        "model": cfg.model,
-        "layers": cfg.layers,
-        "dtype": cfg.cache_dtype,
-        "persona": {k: v for k, v in to_dict(ps).items() if k in data_keys},
-    }
-    inputs = {
-        "model": study.loaded.path,
-        **{f"persona:{n}": Path(p) for n, p in persona.meta["files"].items()},
-    }
-    folder = study.stage("persona_activations", "real-persona-activations", config, fn, inputs, seed=ps.seed)
-    start = time.perf_counter()
-    out = analyse_persona(
-        model, tokenizer, cache, ActivationCache.load(folder), persona, saes, analyses, ps, cfg.geometry
-    )
-    study.timings["persona_analysis"] = {"seconds": round(time.perf_counter() - start, 2)}
-    return out
-
-
 def _report(
     study: _Study,
     cache: ActivationCache,
@@ -476,7 +436,11 @@ def run_study(
     }
     layers_out = {f"layer_{layer}": a.report for layer, a in analyses.items()}
     timings["geometry"] = {"seconds": round(time.perf_counter() - geo_start, 2)}
-    persona = _persona(study, cache, saes, analyses) if cfg.persona.enabled else None
+    persona = None
+    if cfg.persona.enabled:
+        from spillover.realmodel.persona_study import run_persona
+
+        persona = run_persona(study, cache, saes, analyses, question_files)
     dynamics = _dynamics(study, question_files, saes, analyses) if cfg.run_dynamics else None
     timings["total"] = {"seconds": round(time.perf_counter() - started, 2)}
     report = _report(study, cache, layers_out, dynamics, persona)
