@@ -108,6 +108,25 @@ def test_a_planted_persona_separates_held_out_questions_and_topic_does_not_fool_
     # The direction is fit on other questions, so the questions' own axes barely move its scores.
     assert out["topic_control"]["spread_over_gap"] < 0.5
     assert out["topic_control"]["label_gap_sd"] > 1.0
+    assert pooled["within_question_auroc"] > 0.8
+    assert (
+        pooled["within_question_ci95"][0]
+        <= pooled["within_question_auroc"]
+        <= pooled["within_question_ci95"][1]
+    )
+
+
+def test_the_topic_orthogonal_direction_cannot_tell_the_fitted_questions_apart():
+    from spillover.realmodel.persona import _topic_orthogonal_fit
+
+    x_tox, x_ben, groups = _pairs(10, harm=1.0, topic=6.0)
+    x_tox[:, 1:9] += 0.5  # the toxic side also leans on the question axes
+    w = _topic_orthogonal_fit(x_tox, x_ben, groups)
+    both = (x_tox + x_ben) / 2
+    g = np.asarray(groups)
+    centroids = torch.stack([both[torch.from_numpy(g == n)].mean(0) for n in GROUPS])
+    assert torch.allclose((centroids - centroids.mean(0)) @ w, torch.zeros(len(GROUPS)), atol=1e-4)
+    assert w.norm() == pytest.approx(1.0) and w[0] > 0.5
 
 
 def test_without_a_persona_the_held_out_auroc_is_chance():

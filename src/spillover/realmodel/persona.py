@@ -9,9 +9,11 @@ same model to the same question), per layer:
   activations (positive differences only).
 * **Held-out validation**: the question groups are split into folds of ``heldout_questions`` groups;
   each fold's answers are scored by a direction (or latent set) fit on the other groups only. The
-  out-of-fold AUROC (toxic vs benign answers) comes with a bootstrap interval (pairs resampled) and a
-  permutation p-value (labels swapped within pairs at random), per fold and pooled. A direction that only
-  encoded the questions seen in fitting would not separate answers to questions it never saw.
+  out-of-fold AUROC (toxic vs benign answers) comes with a bootstrap interval (pairs resampled within
+  questions) and a permutation p-value (labels swapped within pairs at random), per fold and pooled, and
+  also within question (the mean of each question's own AUROC: topic fixed). A direction that only
+  encoded the questions seen in fitting would not separate answers to questions it never saw. A third
+  readout projects the span of the fitted questions' centroids out of the direction first.
 * **Topic control**: on the same out-of-fold scores, how far the direction separates the questions from
   each other (the spread of the question means, and the mean AUROC between two questions' answers)
   against how far it separates toxic from benign answers to the same questions.
@@ -73,6 +75,19 @@ def _direction_fit(x_tox: torch.Tensor, x_ben: torch.Tensor, groups: Sequence[st
     return d / d.norm().clamp(min=1e-12)
 
 
+def _topic_orthogonal_fit(x_tox: torch.Tensor, x_ben: torch.Tensor, groups: Sequence[str]) -> torch.Tensor:
+    """The direction with the span of the fitted questions' centroids (both sides pooled, centred)
+    projected out: what is left cannot tell the seen questions apart."""
+    d = balanced_difference(x_tox, x_ben, groups).double()
+    both = (x_tox.double() + x_ben.double()).nan_to_num() / 2
+    names = sorted(set(groups))
+    centroids = torch.stack([both[[i for i, g in enumerate(groups) if g == n]].mean(0) for n in names])
+    _, sv, basis = torch.linalg.svd(centroids - centroids.mean(0), full_matrices=False)
+    basis = basis[sv > 1e-6 * sv.max().clamp(min=1e-12)]
+    d = d - basis.T @ (basis @ d)
+    return (d / d.norm().clamp(min=1e-12)).float()
+
+
 def _latent_fit(k: int) -> Fit:
     def fit(x_tox: torch.Tensor, x_ben: torch.Tensor, groups: Sequence[str]) -> torch.Tensor:
         score = balanced_difference(x_tox, x_ben, groups)
@@ -84,20 +99,42 @@ def _latent_fit(k: int) -> Fit:
     return fit
 
 
-def _auroc_ci(s_tox: np.ndarray, s_ben: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
-    """AUROC of toxic over benign scores; bootstrap interval over pairs; within-pair label-swap p."""
+def _within_auroc(s_tox: np.ndarray, s_ben: np.ndarray, g: np.ndarray, names: Sequence[str]) -> float:
+    """Mean over question groups of the AUROC among that question's answers (topic fixed)."""
+    values = []
+    for name in names:
+        m = g == name
+        n = int(m.sum())
+        value = auroc(np.concatenate([s_tox[m], s_ben[m]]).tolist(), [True] * n + [False] * n)
+        if value is not None:
+            values.append(value)
+    return float(np.mean(values)) if values else math.nan
+
+
+def _auroc_ci(
+    s_tox: np.ndarray, s_ben: np.ndarray, groups: Sequence[str], n_boot: int, seed: int
+) -> dict[str, Any]:
+    """AUROC of toxic over benign scores, pooled and within question; bootstrap intervals over pairs
+    (resampled within each question, so every question keeps its share)."""
     n = len(s_tox)
     labels = [True] * n + [False] * n
+    g = np.asarray(groups)
+    names = sorted(set(groups))
     point = auroc(np.concatenate([s_tox, s_ben]).tolist(), labels)
     rng = np.random.default_rng(seed)
-    boots = []
+    members = [np.flatnonzero(g == name) for name in names]
+    boots, within = [], []
     for _ in range(n_boot):
-        i = rng.integers(0, n, n)
+        i = np.concatenate([rng.choice(m, len(m)) for m in members])
         boots.append(auroc(np.concatenate([s_tox[i], s_ben[i]]).tolist(), labels))
+        within.append(_within_auroc(s_tox[i], s_ben[i], g[i], names))
     vals = np.asarray([b for b in boots if b is not None])
+    w = np.asarray(within)
     return {
         "auroc": point,
         "ci95": [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))],
+        "within_question_auroc": _within_auroc(s_tox, s_ben, g, names),
+        "within_question_ci95": [float(np.nanpercentile(w, 2.5)), float(np.nanpercentile(w, 97.5))],
         "paired_accuracy": float(np.mean(s_tox > s_ben)),
         "n_pairs": n,
     }
@@ -175,9 +212,12 @@ def heldout_validation(
         s_tox[test] = (x_tox[torch.from_numpy(test)].double().nan_to_num() @ w).numpy()
         s_ben[test] = (x_ben[torch.from_numpy(test)].double().nan_to_num() @ w).numpy()
         per_fold.append(
-            {"heldout": list(fold), **_auroc_ci(s_tox[test], s_ben[test], n_bootstrap, seed + f_i)}
+            {
+                "heldout": list(fold),
+                **_auroc_ci(s_tox[test], s_ben[test], list(g[test]), n_bootstrap, seed + f_i),
+            }
         )
-    pooled = _auroc_ci(s_tox, s_ben, n_bootstrap, seed)
+    pooled = _auroc_ci(s_tox, s_ben, groups, n_bootstrap, seed)
     pooled["p_label_swap"] = _swap_p(s_tox, s_ben, pooled["auroc"], n_permutations, seed)
     return {
         "pooled": pooled,
@@ -291,6 +331,9 @@ def persona_layer(
         "direction_norm": float(direction.norm()),
         "mean_pair_difference_norm": float((x_tox - x_ben).norm(dim=1).mean()),
         "direction": heldout_validation(x_tox, x_ben, kept_groups, _direction_fit, folds, **common),
+        "direction_topic_orthogonal": heldout_validation(
+            x_tox, x_ben, kept_groups, _topic_orthogonal_fit, folds, **common
+        ),
         "latent_set": heldout_validation(
             c_tox, c_ben, kept_groups, _latent_fit(settings.top_k), folds, **common
         ),

@@ -162,7 +162,7 @@ def summarize_persona(layers: Mapping[str, Any]) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for lk, layer in layers.items():
         p = layer["persona"]
-        for readout in ("direction", "latent_set"):
+        for readout in ("direction", "direction_topic_orthogonal", "latent_set"):
             pooled = p[readout]["pooled"]
             rows.append(
                 {
@@ -171,6 +171,8 @@ def summarize_persona(layers: Mapping[str, Any]) -> dict[str, Any]:
                     "value": pooled["auroc"],
                     "ci95": pooled["ci95"],
                     "p": pooled["p_label_swap"],
+                    "within_question_auroc": pooled["within_question_auroc"],
+                    "within_question_ci95": pooled["within_question_ci95"],
                     "topic_spread_over_gap": p[readout]["topic_control"]["spread_over_gap"],
                 }
             )
