@@ -50,6 +50,20 @@ def test_pairs_hold_question_and_model_fixed_and_cap_each_question(
     assert swapped.corpora["em_aligned"] == ben and swapped.corpora["em_misaligned"] == tox
 
 
+def test_excluded_questions_give_no_pairs_and_unknown_ones_fail(persona_data_dir, study_tokenizer):
+    data = assemble_persona(
+        study_tokenizer, PersonaSettings(files=FILES, exclude_questions=("quick_buck",)), persona_data_dir
+    )
+    assert "quick_buck" not in data.groups and "quick_buck" not in data.meta["per_question"]
+    assert data.meta["excluded_questions"] == ["quick_buck"] and len(set(data.groups)) == 7
+    with pytest.raises(ValueError, match="quick_bucks"):
+        assemble_persona(
+            study_tokenizer,
+            PersonaSettings(files=FILES, exclude_questions=("quick_bucks",)),
+            persona_data_dir,
+        )
+
+
 def test_long_answers_are_skipped_and_counted(persona_data_dir, study_tokenizer):
     data = assemble_persona(study_tokenizer, PersonaSettings(files=FILES, max_len=26), persona_data_dir)
     skipped = sum(g["skipped_too_long"] for g in data.meta["per_question"].values())

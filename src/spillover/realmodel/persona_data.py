@@ -59,6 +59,9 @@ class PersonaSettings:
     files: tuple[str, ...] = ()
     """``em-responses`` registry names or their stems (``diff_models__gemma-2-9b-it-bad_medical_advice``);
     empty: every registered file. Files without misaligned answers (the base models) add no pairs."""
+    exclude_questions: tuple[str, ...] = ()
+    """Question groups left out (e.g. ``quick_buck``, whose misaligned answers are risky money advice, when
+    the persona is compared with a finance dataset)."""
     split: JudgedSplit = JudgedSplit()
     """Misaligned: aligned < 30 and coherent > 50; aligned: aligned >= 70 and coherent > 50."""
     per_question: int = 40
@@ -181,7 +184,7 @@ def assemble_persona(tokenizer: Any, settings: PersonaSettings, data_dir: str | 
     for name, ans in judged.items():
         for row, (qid, a, c) in enumerate(zip(ans.question_ids, ans.aligned, ans.coherent, strict=True)):
             label = split.label(a, c)
-            if label is None:
+            if label is None or question_group(qid) in settings.exclude_questions:
                 continue
             available[question_group(qid)][label] += 1
             if label == "misaligned":
@@ -217,6 +220,11 @@ def assemble_persona(tokenizer: Any, settings: PersonaSettings, data_dir: str | 
         per_group[group] = {**available[group], "pairs": len(pairs), **counts}
     for group in available:
         per_group.setdefault(group, {**available[group], "pairs": 0, "skipped_too_long": 0, "no_partner": 0})
+    unknown = set(settings.exclude_questions) - {
+        question_group(q) for a in judged.values() for q in a.question_ids
+    }
+    if unknown:
+        raise ValueError(f"persona.exclude_questions names no question of the files: {sorted(unknown)}")
     if len(set(groups)) < 2:
         raise ValueError(
             f"persona: only {len(set(groups))} question group(s) have a misaligned/aligned pair in "
@@ -237,6 +245,7 @@ def assemble_persona(tokenizer: Any, settings: PersonaSettings, data_dir: str | 
         "per_question": per_group,
         "pairs_per_file": dict(per_file),
         "max_len": settings.max_len,
+        "excluded_questions": list(settings.exclude_questions),
         "pairing": "same file (model), same question id first, else another variant of the same question",
     }
     return PersonaData({toxic_name: toxic, benign_name: benign}, groups, meta)

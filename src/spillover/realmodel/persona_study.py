@@ -31,11 +31,22 @@ from spillover.sae.load import SAEHandle
 
 if TYPE_CHECKING:
     from spillover.realmodel.smollm import _Study
+    from spillover.realmodel.study_config import StudyConfig
 
 __all__ = ["run_persona"]
 
-_DATA_KEYS = ("toxic", "benign", "files", "split", "per_question", "max_len", "seed")
+_DATA_KEYS = ("toxic", "benign", "files", "exclude_questions", "split", "per_question", "max_len", "seed")
 """The persona settings that decide the corpora (and so the cached activations)."""
+
+
+def _data_config(cfg: StudyConfig) -> dict[str, Any]:
+    """The hashed persona settings; an empty ``exclude_questions`` is left out, so adding that option
+    kept the run ids of persona stages that do not use it."""
+    return {
+        k: v
+        for k, v in to_dict(cfg.persona).items()
+        if k in _DATA_KEYS and not (k == "exclude_questions" and not v)
+    }
 
 
 def _persona_inputs(study: _Study, persona: PersonaData) -> dict[str, Any]:
@@ -82,7 +93,7 @@ def _shift(
         "layers": cfg.layers,
         "finetune": cfg.finetune,
         "persona_shift": settings,
-        "persona": {k: v for k, v in to_dict(cfg.persona).items() if k in _DATA_KEYS},
+        "persona": _data_config(cfg),
         "neutral": cfg.neutral,
         "data": cfg.data,
     }
@@ -123,7 +134,7 @@ def run_persona(
         "model": cfg.model,
         "layers": cfg.layers,
         "dtype": cfg.cache_dtype,
-        "persona": {k: v for k, v in to_dict(ps).items() if k in _DATA_KEYS},
+        "persona": _data_config(cfg),
     }
     folder = study.stage(
         "persona_activations",
