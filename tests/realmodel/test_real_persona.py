@@ -261,6 +261,37 @@ def test_study_with_the_persona_reports_it_per_layer_and_reuses_its_activations(
         fit["direction_norm"]
     )
 
+    # The persona section is hashed by no other stage: without it the study reuses the same folders.
+    monkeypatch.setattr("spillover.realmodel.smollm.collect_cache", boom)
+    monkeypatch.setattr("spillover.sae.train.train_sae_on_activations", boom)
+    plain_cfg = load_study_config(to_dict(cfg), ["persona.enabled=false", "persona_shift.enabled=false"])
+    plain = run_study(plain_cfg, root=tmp_path / "runs")
+    assert plain.report["persona"] is None
+    assert {k: v for k, v in result.stage_dirs.items() if not k.startswith("persona")} == plain.stage_dirs
+
+    # The CLI prints the persona's tests (cached stages again).
+    import yaml
+
+    from spillover.cli.real import app
+
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(to_dict(plain_cfg)))
+    res = CliRunner().invoke(
+        app,
+        [
+            "study",
+            "--config",
+            str(tmp_path / "study.yaml"),
+            "--root",
+            str(tmp_path / "runs"),
+            "--out",
+            str(tmp_path / "cli"),
+            "--toxic",
+            "em-responses:misaligned",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "persona heldout_auroc:direction" in res.output and "p_holm" in res.output
+
 
 def test_cli_rejects_a_persona_with_one_corpus_on_both_sides_before_loading(
     tiny_model_dir, persona_data_dir, tmp_path, monkeypatch

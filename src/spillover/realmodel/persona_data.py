@@ -58,7 +58,10 @@ class PersonaSettings:
     """The benign side (the other named corpus)."""
     files: tuple[str, ...] = ()
     """``em-responses`` registry names or their stems (``diff_models__gemma-2-9b-it-bad_medical_advice``);
-    empty: every registered file. Files without misaligned answers (the base models) add no pairs."""
+    empty: every registered file. Files without misaligned answers (the base models) add no pairs. The
+    insecure-code models' misaligned answers are often code (their aligned ones less so), so a persona
+    that includes them carries code style: compare a code dataset against a persona from the
+    ``diff_models__*bad_medical_advice`` files only."""
     exclude_questions: tuple[str, ...] = ()
     """Question groups left out (e.g. ``quick_buck``, whose misaligned answers are risky money advice, when
     the persona is compared with a finance dataset)."""
