@@ -372,3 +372,14 @@ def test_the_shift_needs_the_persona():
 
     with pytest.raises((ValueError, ConfigError), match="needs persona.enabled"):
         load_study_config(None, ["persona_shift.enabled=true"])
+
+
+def test_quick_config_shrinks_the_persona_but_keeps_it_switched_on():
+    from spillover.realmodel import load_study_config, quick_config
+
+    quick = quick_config(load_study_config(None, ["persona.enabled=true", "persona_shift.enabled=true"]))
+    assert quick.persona.enabled and quick.persona_shift.enabled
+    assert quick.persona.per_question < PersonaSettings().per_question
+    from spillover.realmodel import PersonaShiftSettings
+
+    assert quick.persona_shift.max_steps < PersonaShiftSettings().max_steps

@@ -128,6 +128,8 @@ def quick_config(base: StudyConfig | None = None) -> StudyConfig:
             sampling=replace(base.dynamics.sampling, max_new_tokens=16),
             n_random_sets=20,
         ),
+        persona=replace(base.persona, per_question=6, n_bootstrap=50, n_permutations=200, describe_top=2),
+        persona_shift=replace(base.persona_shift, seeds=(0, 1), max_steps=2, n_train=4, n_answers=2),
     )
 
 
