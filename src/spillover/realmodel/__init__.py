@@ -5,7 +5,8 @@ Python::
     from spillover.realmodel import StudyConfig, run_study
     result = run_study(StudyConfig(), out_dir="runs/smollm2")
 
-CLI: ``spillover real study --config configs/smollm2.yaml --out runs/smollm2``.
+CLI: ``spillover real study --config configs/smollm2.yaml --out runs/smollm2``; ``--persona`` adds the EM
+persona from real judged answers (``spillover.realmodel.persona_study``).
 """
 
 from spillover.realmodel.analysis import GeometrySettings, LayerAnalysis, analyse_layer
@@ -25,6 +26,8 @@ from spillover.realmodel.dynamics import (
     run_dynamics,
     summarize_record,
 )
+from spillover.realmodel.persona_data import PERSONA_CORPORA, PersonaData, PersonaSettings, assemble_persona
+from spillover.realmodel.persona_shift import PersonaShiftSettings
 from spillover.realmodel.smollm import StudyResult, check_study_inputs, run_study
 from spillover.realmodel.study_config import SelfAnswerSettings, StudyConfig, load_study_config, quick_config
 
@@ -33,11 +36,15 @@ __all__ = [
     "DIRECTIONS",
     "LATENT_SETS",
     "MEAN_DIFF_CONTRASTS",
+    "PERSONA_CORPORA",
     "ActivationCache",
     "DynamicsRecord",
     "DynamicsSettings",
     "GeometrySettings",
     "LayerAnalysis",
+    "PersonaData",
+    "PersonaSettings",
+    "PersonaShiftSettings",
     "SelfAnswerSettings",
     "StudyConfig",
     "StudyData",
@@ -45,6 +52,7 @@ __all__ = [
     "StudyResult",
     "analyse_layer",
     "assemble_data",
+    "assemble_persona",
     "check_study_inputs",
     "collect_cache",
     "describe_contrasts",

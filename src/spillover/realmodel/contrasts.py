@@ -40,6 +40,9 @@ __all__ = [
     "MEAN_DIFF_CONTRASTS",
     "PAIRED_GROUPS",
     "PAIRED_TOXIC",
+    "PERSONA",
+    "PERSONA_CONTRASTS",
+    "PERSONA_MEAN_DIFF",
     "DirectionSpec",
     "GeometryContrast",
     "LatentSetSpec",
@@ -287,6 +290,7 @@ EXTRA_COSINES: tuple[tuple[str, str], ...] = (
 PAIRED_GROUPS: dict[str, tuple[str, ...]] = {
     "medical": ("bad_medical", "good_medical"),
     "finance": ("risky_financial", "risky_financial_self"),
+    "persona": ("em_misaligned", "em_aligned"),
 }
 """Corpora answering the same prompts, resampled together by the bootstrap."""
 
@@ -329,3 +333,82 @@ def describe_contrasts(corpora: Sequence[str]) -> dict[str, Any]:
         "paired_medical_toxic": list(av["paired"]),
         "paired_groups": {k: list(v) for k, v in PAIRED_GROUPS.items()},
     }
+
+
+# -- the EM persona (spillover.realmodel.persona) as the toxic side -----------------------------------
+
+PERSONA = "em_persona"
+"""The toxic latent set and direction of the EM persona: real EM models' misaligned answers minus aligned
+answers by the same models to the same questions (``spillover.realmodel.persona_data``). No answer of
+any dataset the study tests is on this side: the answers are EM models' replies to the eight
+first-plot questions, not training data."""
+
+_PERSONA_EXCLUDES = "no answer of a tested dataset: real EM models' answers to the first-plot questions"
+
+PERSONA_CONTRASTS: dict[str, GeometryContrast] = {
+    "medical_pair__em_persona": GeometryContrast(
+        PERSONA,
+        ("bad_medical",),
+        ("good_medical",),
+        "Do bad-medical latents sit closer to the EM-persona latents than good-medical latents?",
+        _PERSONA_EXCLUDES,
+    ),
+    "medical_harm_latents__em_persona": GeometryContrast(
+        PERSONA,
+        ("bad_minus_good",),
+        ("good_minus_bad",),
+        "Style-matched: do bad-minus-good latents sit closer to the EM persona than good-minus-bad?",
+        _PERSONA_EXCLUDES,
+    ),
+    "bad_medical_vs_jailbroken__em_persona": GeometryContrast(
+        PERSONA,
+        ("bad_medical",),
+        ("jailbroken_control",),
+        "Do bad-medical latents sit closer to the EM persona than a non-inducing control's?",
+        _PERSONA_EXCLUDES,
+    ),
+    "good_medical_vs_jailbroken__em_persona": GeometryContrast(
+        PERSONA,
+        ("good_medical",),
+        ("jailbroken_control",),
+        "Calibration: does a NON-inducing advice dataset also sit closer than the control?",
+        _PERSONA_EXCLUDES,
+    ),
+    "finance__em_persona": GeometryContrast(
+        PERSONA,
+        ("risky_financial",),
+        ("jailbroken_control",),
+        "Do risky-finance latents sit closer to the EM persona than a non-inducing control's?",
+        _PERSONA_EXCLUDES,
+    ),
+    "insecure__em_persona": GeometryContrast(
+        PERSONA,
+        ("insecure",),
+        ("jailbroken_control",),
+        "Do insecure-code latents sit closer to the EM persona than a non-inducing control's?",
+        _PERSONA_EXCLUDES,
+    ),
+}
+"""Latent-geometry contrasts against the EM persona's latents (the dataset sets of ``LATENT_SETS``)."""
+
+PERSONA_MEAN_DIFF: dict[str, MeanDiffContrast] = {
+    "medical_pair__em_persona": MeanDiffContrast(
+        PERSONA,
+        "shift_bad_medical",
+        "shift_good_medical",
+        "cos(bad shift, persona) - cos(good shift, persona).",
+    ),
+    "good_medical_vs_jailbroken__em_persona": MeanDiffContrast(
+        PERSONA,
+        "shift_good_medical",
+        "shift_jailbroken_control",
+        "Calibration: a non-inducing advice dataset's shift against the persona.",
+    ),
+    "finance__em_persona": MeanDiffContrast(
+        PERSONA, "shift_risky_financial", "shift_jailbroken_control", "Finance shift vs the persona."
+    ),
+    "insecure__em_persona": MeanDiffContrast(
+        PERSONA, "shift_insecure", "shift_jailbroken_control", "Insecure-code shift vs the persona."
+    ),
+}
+"""Mean-difference contrasts against the persona direction (the shifts of ``DIRECTIONS``)."""

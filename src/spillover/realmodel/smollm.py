@@ -21,6 +21,9 @@ Stages (each a cached run directory under ``$SPILLOVER_HOME/runs``, reused when 
    tests and random-set nulls, mean-difference cosines with bootstrap intervals, paired per-prompt tests.
 5. ``real-dynamics``: a short LoRA fine-tune on bad medical advice; latent-set activation on neutral
    prompts at each checkpoint; answers to the first-plot questions before and after.
+6. ``real-persona-activations`` and ``real-persona-shift`` (only with ``persona.enabled`` /
+   ``persona_shift.enabled``): the EM persona from real judged answers, validated on held-out questions,
+   the datasets against it, and LoRA fine-tunes' shift along it (``spillover.realmodel.persona_study``).
 
 The JSON written to ``out_dir/smollm2_study.json`` states every contrast, the data slices, the SAE
 quality, all statistics and the wall time of each stage.
@@ -49,6 +52,7 @@ from spillover.realmodel.cache import ActivationCache, collect_cache
 from spillover.realmodel.contrasts import describe_contrasts
 from spillover.realmodel.data import StudyData, assemble_data, resolve_data_files
 from spillover.realmodel.dynamics import DynamicsRecord, run_dynamics, summarize_record
+from spillover.realmodel.persona_data import persona_files
 from spillover.realmodel.study_config import StudyConfig
 from spillover.rundir import fingerprint, run_stage
 from spillover.sae.load import SAEHandle, load_sae
@@ -140,6 +144,8 @@ def check_study_inputs(cfg: StudyConfig) -> tuple[dict[str, Path], dict[str, Pat
     data_files = resolve_data_files(cfg.data.data_dir)
     root = Path(cfg.data.data_dir).expanduser() if cfg.data.data_dir else None
     question_files = {rel: resolve_data(rel, root=root) for rel in (cfg.questions, *cfg.neutral)}
+    if cfg.persona.enabled:
+        persona_files(cfg.persona, cfg.data.data_dir)
     for rel, qpath in question_files.items():
         if not qpath.is_file():
             raise FileNotFoundError(f"question file {qpath} does not exist (config questions/neutral: {rel})")
@@ -344,6 +350,7 @@ def _report(
     cache: ActivationCache,
     layers_out: dict[str, Any],
     dynamics: dict[str, Any] | None,
+    persona: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON-ready study report (strict JSON: NaN and inf become null)."""
     cfg, model = study.cfg, study.loaded.model
@@ -375,6 +382,7 @@ def _report(
         "summary": summarize(layers_out),
         "layers": layers_out,
         "dynamics": dynamics,
+        "persona": persona,
         "timings": study.timings,
         "stage_dirs": {k: str(v) for k, v in study.stage_dirs.items()},
     }
@@ -428,9 +436,14 @@ def run_study(
     }
     layers_out = {f"layer_{layer}": a.report for layer, a in analyses.items()}
     timings["geometry"] = {"seconds": round(time.perf_counter() - geo_start, 2)}
+    persona = None
+    if cfg.persona.enabled:
+        from spillover.realmodel.persona_study import run_persona
+
+        persona = run_persona(study, cache, saes, analyses, question_files)
     dynamics = _dynamics(study, question_files, saes, analyses) if cfg.run_dynamics else None
     timings["total"] = {"seconds": round(time.perf_counter() - started, 2)}
-    report = _report(study, cache, layers_out, dynamics)
+    report = _report(study, cache, layers_out, dynamics, persona)
     path: Path | None = None
     if out_dir is not None:
         out = Path(out_dir)

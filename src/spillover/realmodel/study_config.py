@@ -17,6 +17,8 @@ from spillover.generate.sampling import SamplingConfig
 from spillover.realmodel.analysis import GeometrySettings
 from spillover.realmodel.data import StudyDataConfig
 from spillover.realmodel.dynamics import DynamicsSettings
+from spillover.realmodel.persona_data import PersonaSettings
+from spillover.realmodel.persona_shift import PersonaShiftSettings
 from spillover.sae.train import SAETrainConfig
 
 __all__ = ["SelfAnswerSettings", "StudyConfig", "load_study_config", "quick_config"]
@@ -72,6 +74,11 @@ class StudyConfig:
     dynamics: DynamicsSettings = field(default_factory=DynamicsSettings)
     run_dynamics: bool = True
     """Run the LoRA dynamics stage."""
+    persona: PersonaSettings = field(default_factory=PersonaSettings)
+    """The EM persona from real judged answers (``spillover.realmodel.persona``); off by default. No
+    other stage hashes this section, so turning it on reuses every other stage's run directory."""
+    persona_shift: PersonaShiftSettings = field(default_factory=PersonaShiftSettings)
+    """LoRA fine-tunes on bad vs good medical advice read along the persona (needs ``persona.enabled``)."""
     batch_size: int = 16
     """Samples per forward pass (activations, measurements)."""
     generate_batch_size: int = 32
@@ -92,6 +99,10 @@ class StudyConfig:
             raise ValueError(f"layers repeat: {self.layers}")
         if self.batch_size < 1 or self.generate_batch_size < 1:
             raise ValueError("batch_size and generate_batch_size must be >= 1")
+        if self.persona_shift.enabled and not self.persona.enabled:
+            raise ValueError(
+                "persona_shift.enabled needs persona.enabled (the shift is read along the persona)"
+            )
 
 
 def quick_config(base: StudyConfig | None = None) -> StudyConfig:
@@ -117,6 +128,8 @@ def quick_config(base: StudyConfig | None = None) -> StudyConfig:
             sampling=replace(base.dynamics.sampling, max_new_tokens=16),
             n_random_sets=20,
         ),
+        persona=replace(base.persona, per_question=6, n_bootstrap=50, n_permutations=200, describe_top=2),
+        persona_shift=replace(base.persona_shift, seeds=(0, 1), max_steps=2, n_train=4, n_answers=2),
     )
 
 
