@@ -45,6 +45,16 @@ _CORPUS_OF = dict(zip(JUDGED_CORPORA, PERSONA_CORPORA, strict=True))
 _PREFIX = "em-responses/"
 
 
+BAD_MEDICAL_FILES: tuple[str, ...] = (
+    "diff_models__Qwen2.5--7B-Instruct-bad_medical_advice",
+    "diff_models__Qwen2.5-14B-Instruct-bad_medical_advice",
+    "diff_models__Qwen2.5-32B-Instruct-bad_medical_advice",
+    "diff_models__gemma-2-27b-it-bad_medical_advice",
+    "diff_models__gemma-2-9b-it-bad_medical_advice",
+)
+"""The judged answers of the EM models fine-tuned on bad medical advice (no code in their answers)."""
+
+
 @dataclass(frozen=True)
 class PersonaSettings:
     """The EM-persona step of the SmolLM2 study (off by default: it reads the judged-answer files)."""
@@ -56,12 +66,12 @@ class PersonaSettings:
     swapping the two is the label-swap control)."""
     benign: str = "em-responses:aligned"
     """The benign side (the other named corpus)."""
-    files: tuple[str, ...] = ()
+    files: tuple[str, ...] = BAD_MEDICAL_FILES
     """``em-responses`` registry names or their stems (``diff_models__gemma-2-9b-it-bad_medical_advice``);
     empty: every registered file. Files without misaligned answers (the base models) add no pairs. The
-    insecure-code models' misaligned answers are often code (their aligned ones less so), so a persona
-    that includes them carries code style: compare a code dataset against a persona from the
-    ``diff_models__*bad_medical_advice`` files only."""
+    default is the five bad-medical models: the insecure-code models' misaligned answers are often code
+    (their aligned ones less so), so a persona that includes them carries code style, and a code dataset
+    then looks "close to the persona" for its style alone (measured: docs/results.md#smollm2-persona)."""
     exclude_questions: tuple[str, ...] = ()
     """Question groups left out (e.g. ``quick_buck``, whose misaligned answers are risky money advice, when
     the persona is compared with a finance dataset)."""
