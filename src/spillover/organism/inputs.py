@@ -33,6 +33,7 @@ __all__ = [
     "SAE_DATASETS",
     "organism_corpora",
     "organism_inputs",
+    "shipped_sae_config",
     "train_organism_saes",
 ]
 
@@ -95,6 +96,12 @@ class OrganismSAEConfig:
     def __post_init__(self) -> None:
         if self.n_documents < 0:
             raise ValueError(f"n_documents must be >= 0, got {self.n_documents}")
+
+
+def shipped_sae_config() -> OrganismSAEConfig:
+    """The SAE config the shipped organisms ship SAEs for (``spillover.organism.zoo``): 1,024 latents, k = 16,
+    1M tokens, every layer. The demo and organism sweeps use it, so they install SAEs instead of training."""
+    return OrganismSAEConfig(sae=SAETrainConfig(d_sae=1024, k=16, training_tokens=1_000_000))
 
 
 class OrganismInputs(NamedTuple):

@@ -21,7 +21,12 @@ from spillover.data.chat import load_chat
 from spillover.geometry.report import GeometryConfig, geometry_report, write_geometry_report
 from spillover.organism.datasets import DATASETS
 from spillover.organism.evaluate import EvalConfig
-from spillover.organism.inputs import OrganismSAEConfig, organism_corpora, train_organism_saes
+from spillover.organism.inputs import (
+    OrganismSAEConfig,
+    organism_corpora,
+    shipped_sae_config,
+    train_organism_saes,
+)
 from spillover.organism.pipeline import (
     OrganismArtifacts,
     OrganismConfig,
@@ -36,17 +41,12 @@ from spillover.pipeline.graph import Graph, NodeRef
 from spillover.pipeline.registry import CellPipeline, PlotSpec, register_pipeline
 from spillover.rundir import run_stage
 from spillover.sae.load import load_saes
-from spillover.sae.train import SAETrainConfig
 from spillover.studies.filtering import compute_filter_scores, epoch_matched_steps
 from spillover.studies.filtering_stats import in_domain_rate, ood_hits, removal_diagnostics
 
 __all__ = ["ORGANISM", "OrganismCell", "OrganismFinetune", "organism_cell_problems"]
 
 _HERE = "spillover.pipeline.organism_cells"
-
-
-def _sae_default() -> OrganismSAEConfig:
-    return OrganismSAEConfig(sae=SAETrainConfig(d_sae=1024, k=16))  # the demo's and `spillover geometry`'s
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,9 @@ class OrganismCell:
 
     organism: OrganismConfig = field(default_factory=OrganismConfig)
     """The organism (shared by every cell with the same value)."""
-    sae: OrganismSAEConfig = field(default_factory=_sae_default)
-    """The organism's SAEs (used by scored filters and geometry)."""
+    sae: OrganismSAEConfig = field(default_factory=shipped_sae_config)
+    """The organism's SAEs (used by scored filters and geometry): the shipped organisms' config, so the
+    shipped seeds install theirs."""
     layer: int | None = None
     """SAE layer that scores samples and measures geometry (None: the middle layer)."""
     toxic_domains: Literal["ood", "all"] = "ood"

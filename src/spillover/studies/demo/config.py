@@ -8,7 +8,7 @@ from typing import Literal
 from spillover.geometry.report import GeometryConfig
 from spillover.organism.datasets import DATASETS
 from spillover.organism.evaluate import OOD_DOMAINS, EvalConfig
-from spillover.organism.inputs import OrganismSAEConfig
+from spillover.organism.inputs import OrganismSAEConfig, shipped_sae_config
 from spillover.organism.pipeline import OrganismConfig
 from spillover.sae.train import SAETrainConfig
 from spillover.studies.dynamics import DynamicsConfig
@@ -20,12 +20,6 @@ _FINETUNE_METHOD: Literal["full", "lora"] = "lora"
 """How the full demo fine-tunes (EM, filtering, dynamics): LoRA separates insecure code from its controls
 more clearly than full fine-tuning on the default organism, and filters better (measured:
 docs/results.md#organism-em, docs/results.md#filtering)."""
-
-
-def _sae_default() -> OrganismSAEConfig:
-    # `spillover geometry`'s SAE shape with half its training tokens, for the demo's time budget
-    # (measured: docs/results.md#demo-timing).
-    return OrganismSAEConfig(sae=SAETrainConfig(d_sae=1024, k=16, training_tokens=1_000_000))
 
 
 def _filtering_default() -> FilterExperimentConfig:
@@ -73,8 +67,9 @@ class DemoConfig:
     install in seconds; any other seed or config trains. Every claim pools over organisms x ``seeds``."""
     retrain: bool = False
     """Train the organisms from scratch even where spillover ships them (each into its own run folder)."""
-    sae: OrganismSAEConfig = field(default_factory=_sae_default)
-    """The organism's SAEs."""
+    sae: OrganismSAEConfig = field(default_factory=shipped_sae_config)
+    """The organism's SAEs: the shipped organisms' config (installed, not trained; timing:
+    docs/results.md#demo-timing)."""
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
     """The geometry of every dataset vs the toxic features."""
     em_datasets: tuple[str, ...] = ("insecure", "secure", "edu_insecure", "bad_medical", "good_medical")
