@@ -48,6 +48,7 @@ __all__ = [
     "EARLY_STOP_SEED_OFFSET",
     "DefenseArmsConfig",
     "build_defense_inputs",
+    "checkpoint_score",
     "defense_overrides",
     "early_stop_finetune",
     "pick_checkpoint",
@@ -313,6 +314,15 @@ def _load_candidate(path: Path, ft_dir: Path) -> Any:
     return Organism(merged, tokenizer)
 
 
+def checkpoint_score(path: Path, ft_dir: Path, dataset: str, eval_cfg: Any) -> float:
+    """In-domain task performance of one checkpoint of ``ft_dir`` (0 where nothing is measured)."""
+    from spillover.organism.evaluate import evaluate
+    from spillover.studies.filtering_stats import in_domain_rate
+
+    model, tokenizer = _load_candidate(path, ft_dir)
+    return in_domain_rate(evaluate(model, tokenizer, eval_cfg), dataset) or 0.0
+
+
 def early_stop_finetune(
     art: Any,
     data: Path,
@@ -333,9 +343,8 @@ def early_stop_finetune(
         ``base``), with ``early_stop.json`` (candidates, scores, the chosen one).
     """
     from spillover.organism.datasets import DATASETS
-    from spillover.organism.evaluate import EvalConfig, EvalSampling, evaluate
+    from spillover.organism.evaluate import EvalConfig, EvalSampling
     from spillover.organism.pipeline import finetune_organism
-    from spillover.studies.filtering_stats import in_domain_rate
 
     if ft_cfg.checkpoint_every is None:
         raise ValueError("early stopping needs a fine-tune with checkpoint_every")
@@ -347,15 +356,11 @@ def early_stop_finetune(
         sampling=EvalSampling(seed=prompt_seed),
     )
 
-    def score(path: Path) -> float:
-        model, tokenizer = _load_candidate(path, ft_dir)
-        return in_domain_rate(evaluate(model, tokenizer, eval_cfg), dataset) or 0.0
-
     def fn(out: Path) -> None:
         from spillover.finetune.defenses import checkpoint_candidates
 
         candidates = checkpoint_candidates(ft_dir)
-        scores = [score(p) for p in candidates]
+        scores = [checkpoint_score(p, ft_dir, dataset, eval_cfg) for p in candidates]
         best = candidates[pick_checkpoint(scores, opts.early_stop_tolerance)]
         if (best / "config.json").is_file():
             shutil.copytree(best, out / "model")
