@@ -2,11 +2,11 @@
 
 A *filter* is a (method, fraction) of the filtering study (:mod:`spillover.studies.filtering`): the
 dataset is scored, the fraction removed, the rest fine-tuned. A *fine-tuning arm* is a name and a dict
-of ``FinetuneConfig`` overrides applied over the organism's recipe (``{"max_steps": 60}``; training-time
-defenses plug in the same way, e.g. ``{"defense.inoculation_prompt": "..."}`` once ``FinetuneConfig``
-has them); it fine-tunes the unfiltered dataset. Every arm is resolved through the config machinery
+of ``FinetuneConfig`` overrides applied over the organism's recipe (``{"max_steps": 60}``); it fine-tunes
+the unfiltered dataset. The training-time defenses (a)-(f) are ready-made arms (``defenses``, built per
+organism by :mod:`spillover.studies.defense_arms`). Every arm is resolved through the config machinery
 (``deep_merge`` over the recipe, then ``from_dict``) when the config is built, so an unknown key or a
-bad value fails before anything trains.
+bad value fails before anything trains; defense names and settings are checked then too.
 
 Every run is paired with the unfiltered one by unit (organism, seed); the table reports EM, coherence
 and in-domain task retention per filter, fraction and arm, the filters at matched retention, and each
