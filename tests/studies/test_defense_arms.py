@@ -137,9 +137,12 @@ def test_early_stopping_picks_the_best_scoring_checkpoint() -> None:
         pick_checkpoint([])
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("method", ["full", "lora"])
 def test_early_stop_finetune_evaluates_the_chosen_checkpoint(
-    built: tuple[OrganismArtifacts, Path, Path, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    method: str,
+    built: tuple[OrganismArtifacts, Path, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     import json
     from dataclasses import replace
@@ -148,16 +151,30 @@ def test_early_stop_finetune_evaluates_the_chosen_checkpoint(
     from spillover.studies import defense_arms
 
     art = built[0]
+    real_score = defense_arms.checkpoint_score
     scores = iter([0.1, 0.8, 0.3])  # step-2, step-4, final: step-4 is best
     monkeypatch.setattr(defense_arms, "checkpoint_score", lambda *a, **k: next(scores))
-    ft_cfg = replace(finetune_config("full", seed=0), max_steps=6, checkpoint_every=2)
+    ft_cfg = replace(finetune_config(method, seed=0), max_steps=6, checkpoint_every=2)  # type: ignore[arg-type]
     opts = DefenseArmsConfig(early_stop_checkpoints=3, early_stop_prompts=2)
     out = defense_arms.early_stop_finetune(
         art, art.dataset("insecure_alltask"), "insecure_alltask", ft_cfg, opts, root=tmp_path
     )
     record = json.loads((out / "early_stop.json").read_text())
-    assert record["candidates"] == ["checkpoints/step-2", "checkpoints/step-4", "model"]
-    assert record["chosen"] == "checkpoints/step-4" and (out / "model" / "config.json").is_file()
+    final = "model" if method == "full" else "adapter"
+    assert record["candidates"] == ["checkpoints/step-2", "checkpoints/step-4", final]
+    assert record["chosen"] == "checkpoints/step-4"
+    # what evaluate_organism reads: the chosen weights, loadable like a fine-tune's folder
+    from spillover.organism.evaluate import EvalConfig
+    from spillover.organism.pipeline import evaluate_organism
+
+    result = evaluate_organism(out, EvalConfig(n_per_domain=2, domains=("code",)), root=tmp_path)
+    assert result.domains["code"].n == 2
+    # the real score loads a checkpoint (a model folder, or an adapter over the run's base) and measures it
+    ft_dir = Path(record["finetune"])
+    score = real_score(
+        ft_dir / "checkpoints" / "step-2", ft_dir, "insecure_alltask", EvalConfig(n_per_domain=2)
+    )
+    assert 0.0 <= score <= 1.0
 
 
 def test_mitigate_cli_rejects_a_bad_defense_before_training(
