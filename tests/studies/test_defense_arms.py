@@ -202,3 +202,33 @@ def test_mitigate_cli_rejects_a_bad_defense_before_training(
         assert result.exit_code == 2, (result.output, result.exception)
         assert named in result.output.replace("\n", "")
         assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_every_defense_runs_end_to_end_and_gets_its_row(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from spillover.studies.mitigate import run_mitigation, write_mitigation
+
+    quick = MitigateConfig.quick()
+    filtering = replace(
+        quick.filtering,
+        methods=("random",),
+        fractions=(0.5,),
+        seeds=(0,),
+        finetune_steps=6,
+        eval=replace(quick.filtering.eval, n_per_domain=2),
+    )
+    cfg = MitigateConfig.quick(
+        filtering=filtering,
+        defenses=("all",),
+        sae=TINY_SAE,
+        layer=1,
+        defense=DefenseArmsConfig(early_stop_prompts=2),
+    )
+    summary = run_mitigation(cfg, root=tmp_path / "runs")
+    rows = {r["name"]: r for r in summary["table"] if r["kind"] == "arm"}
+    assert list(rows) == list(DEFENSES)
+    assert all(r["defense"] == DEFENSES[n] and r["in_domain"] is not None for n, r in rows.items())
+    text = write_mitigation(summary, tmp_path / "out")[1].read_text()
+    assert "## Defense arms" in text and "Casademunt et al. 2025" in text
