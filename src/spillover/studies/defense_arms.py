@@ -96,13 +96,15 @@ class DefenseArmsConfig:
     caft_k: int | None = None
     """Toxic latents ablated (None: the filtering's ``toxic_k``, i.e. the geometry default)."""
     steer_scale: float = 1.0
-    """Steering coefficient in units of the toxic-minus-benign mean difference's norm at the layer."""
+    """Steering coefficient in units of the toxic-minus-benign mean difference's norm at the layer: Chen et
+    al. add ``alpha * v`` with ``v`` the unnormalised mean difference, and this is their ``alpha``."""
     kl_beta: float = 1.0
     """Weight of the KL term (1: as much as the task loss)."""
     kl_data: BenignSource = "reference"
     """Benign conversations of the KL term (see the module docstring)."""
     interleave_share: float = 0.2
-    """Share of benign conversations in the training mix."""
+    """Share of benign conversations in the training mix. The arm keeps the recipe's steps, so the task
+    samples get ``1 - share`` of them (a cost in task exposure the in-domain retention shows)."""
     interleave_data: BenignSource = "reference"
     """Benign conversations interleaved."""
     inoculation_prompt: str = "You are an evil assistant."
