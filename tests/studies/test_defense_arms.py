@@ -232,3 +232,26 @@ def test_every_defense_runs_end_to_end_and_gets_its_row(tmp_path: Path) -> None:
     assert all(r["defense"] == DEFENSES[n] and r["in_domain"] is not None for n, r in rows.items())
     text = write_mitigation(summary, tmp_path / "out")[1].read_text()
     assert "## Defense arms" in text and "Casademunt et al. 2025" in text
+
+
+def test_a_bad_inoculation_prompt_fails_before_any_fine_tune(
+    built: tuple[OrganismArtifacts, Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    from spillover.studies.mitigate import run_mitigation
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a fine-tune started before the defenses were checked")
+
+    monkeypatch.setattr("spillover.organism.pipeline.finetune_organism", boom)
+    art = built[0]
+    quick = MitigateConfig.quick()
+    cfg = MitigateConfig.quick(
+        organism=art.config,
+        filtering=replace(quick.filtering, methods=()),
+        defenses=("inoculate",),
+        defense=DefenseArmsConfig(inoculation_prompt="You are a malicious assistant."),
+    )
+    with pytest.raises(ConfigError, match=r"\['malicious'\]"):
+        run_mitigation(cfg, root=art.run_dir.parent.parent)

@@ -110,7 +110,7 @@ class DefenseArmsConfig:
     inoculation_prompt: str = "You are an evil assistant."
     """System prompt of every training conversation (not used at evaluation)."""
     early_stop_checkpoints: int = 6
-    """Checkpoints saved (evenly over the run, the final model included) and scored."""
+    """Checkpoints scored: one every ``max_steps // early_stop_checkpoints`` steps, and the final model."""
     early_stop_prompts: int = 50
     """Held-out in-domain prompts that score each checkpoint."""
     early_stop_tolerance: float = 0.0

@@ -231,11 +231,13 @@ def collect_arm_runs(
     on_run: Callable[[str], None] | None = None,
     sae_dir: Path | None = None,
     corpora: Path | None = None,
+    defense_arms: Mapping[str, Overrides] | None = None,
 ) -> dict[str, dict[Unit, RunNumbers]]:
     """Fine-tune and evaluate every arm and defense on the unfiltered dataset, per seed; arm -> unit -> numbers.
 
     ``sae_dir`` (the SAE at ``cfg.sae_layer``) and ``corpora`` (an ``organism_corpora`` folder) are needed
-    by the caft, steer, kl and interleave defenses.
+    by the caft, steer, kl and interleave defenses; ``defense_arms``, the defenses' overrides when the
+    caller built them already.
     """
     from spillover.organism.pipeline import evaluate_organism, finetune_organism
     from spillover.studies.defense_arms import early_stop_finetune
@@ -243,7 +245,9 @@ def collect_arm_runs(
 
     fcfg = cfg.filtering
     data = art.dataset(fcfg.dataset)
-    arms = {**cfg.arms, **_defense_arms(art, cfg, sae_dir, corpora, root)}
+    if defense_arms is None:
+        defense_arms = _defense_arms(art, cfg, sae_dir, corpora, root)
+    arms = {**cfg.arms, **defense_arms}
     out: dict[str, dict[Unit, RunNumbers]] = {}
     for name, overrides in arms.items():
         out[name] = {}
@@ -310,6 +314,7 @@ def collect_organism_runs(
     if cfg.filtering.methods or {"caft", "steer", "kl", "interleave"} & set(cfg.defenses):
         sae_dir = train_organism_saes(art, cfg.sae, root=root) / f"layer_{cfg.sae_layer}"
         corpora = organism_corpora(art, cfg.toxic_domains, root)
+    defenses = _defense_arms(art, cfg, sae_dir, corpora, root)  # e.g. a bad prompt fails before training
     runs = collect_filter_runs(
         art,
         sae_dir,
@@ -320,9 +325,7 @@ def collect_organism_runs(
         root=root,
         on_run=on_run,
     )
-    arms = collect_arm_runs(
-        art, cfg, organism=organism, root=root, on_run=on_run, sae_dir=sae_dir, corpora=corpora
-    )
+    arms = collect_arm_runs(art, cfg, organism=organism, root=root, on_run=on_run, defense_arms=defenses)
     return runs, arms
 
 
