@@ -5,8 +5,19 @@
     # the full demo organism, three seeds, two arms (each --arm adds one override to the named arm)
     spillover mitigate --dataset bad_medical_alltask --seeds 0,1,2 \\
         --arm half_lr=lr=2e-4 --arm early=max_steps=60 --arm baseline
+    # every training-time defense (a)-(f) as a ready-made arm, against geometry filtering
+    spillover mitigate --quick --method geometry --defense all
+    spillover mitigate --defense caft --defense steer --set defense.steer_scale=0.5 --set defense.kl_beta=0.3
     # everything from a YAML file of MitigateConfig keys (filtering: ..., arms: {name: {key: value}})
     spillover mitigate --config mitigate.yaml --set filtering.eval.n_per_domain=50
+
+Defenses (``--defense NAME``, repeatable, or ``all``; settings under ``--set defense.<key>=...``, see
+``spillover.studies.defense_arms.DefenseArmsConfig``): ``caft`` (CAFT: toxic SAE latents' decoder rows
+projected out during training, Casademunt et al. 2025), ``steer`` (preventative steering along the
+toxic-minus-benign persona vector, Chen et al. 2025), ``kl`` (KL to the base model on benign chats) and
+``interleave`` (a share of benign chats mixed in; both Kaczér et al. 2025), ``inoculate`` (an inoculation
+system prompt during training only, Tan et al. 2025), ``early_stop`` (the checkpoint with the best
+in-domain task score on held-out prompts, Prechelt 1998).
 
 A shell over :func:`spillover.studies.mitigate.run_mitigation`. Every option is checked (filters,
 fractions, arm overrides against ``FinetuneConfig``) before anything trains. Writes ``mitigate.json``,
@@ -98,6 +109,13 @@ def mitigate(
             "--arm", help="Fine-tuning arm NAME or NAME=key=value (a FinetuneConfig override); repeatable."
         ),
     ] = None,
+    defense: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--defense",
+            help="Defense arm: caft, steer, kl, interleave, inoculate, early_stop, or all; repeatable.",
+        ),
+    ] = None,
     seeds: Annotated[str | None, typer.Option("--seeds", help="Fine-tuning seeds, comma-separated.")] = None,
     quick: Annotated[
         bool, typer.Option("--quick", help="The quick demo's tiny organism (CPU minutes).")
@@ -130,6 +148,8 @@ def mitigate(
     flags: dict[str, Any] = {"filtering": filtering} if filtering else {}
     if arm:
         flags["arms"] = _arms(arm)
+    if defense:
+        flags["defenses"] = defense
     cfg = _config(config, overrides or [], quick, flags)
 
     from spillover.studies.mitigate import run_mitigation, write_mitigation

@@ -2,11 +2,11 @@
 
 A *filter* is a (method, fraction) of the filtering study (:mod:`spillover.studies.filtering`): the
 dataset is scored, the fraction removed, the rest fine-tuned. A *fine-tuning arm* is a name and a dict
-of ``FinetuneConfig`` overrides applied over the organism's recipe (``{"max_steps": 60}``; training-time
-defenses plug in the same way, e.g. ``{"defense.inoculation_prompt": "..."}`` once ``FinetuneConfig``
-has them); it fine-tunes the unfiltered dataset. Every arm is resolved through the config machinery
+of ``FinetuneConfig`` overrides applied over the organism's recipe (``{"max_steps": 60}``); it fine-tunes
+the unfiltered dataset. The training-time defenses (a)-(f) are ready-made arms (``defenses``, built per
+organism by :mod:`spillover.studies.defense_arms`). Every arm is resolved through the config machinery
 (``deep_merge`` over the recipe, then ``from_dict``) when the config is built, so an unknown key or a
-bad value fails before anything trains.
+bad value fails before anything trains; defense names and settings are checked then too.
 
 Every run is paired with the unfiltered one by unit (organism, seed); the table reports EM, coherence
 and in-domain task retention per filter, fraction and arm, the filters at matched retention, and each
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -34,14 +34,17 @@ from spillover.finetune.core import FinetuneConfig
 from spillover.organism.evaluate import OOD_DOMAINS
 from spillover.organism.inputs import OrganismSAEConfig
 from spillover.organism.pipeline import OrganismConfig
+from spillover.studies.defense_arms import DEFENSES, DefenseArmsConfig, resolve_defenses
 from spillover.studies.filtering import (
     PAPER_FRACTIONS,
     FilterExperimentConfig,
+    FilterRuns,
     RunNumbers,
     Unit,
     collect_filter_runs,
     filter_section,
     matched_view,
+    merge_filter_runs,
 )
 from spillover.studies.filtering_stats import arm_vs_filters, paired_bootstrap
 
@@ -49,6 +52,8 @@ __all__ = [
     "MitigateConfig",
     "arm_config",
     "collect_arm_runs",
+    "collect_organism_runs",
+    "mitigation_summary",
     "mitigation_table",
     "run_mitigation",
     "write_mitigation",
@@ -109,6 +114,11 @@ class MitigateConfig:
     """Dataset, filters (``methods``; none: arms only), fractions, seeds, fine-tuning recipe, evaluation."""
     arms: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Fine-tuning arms: name -> ``FinetuneConfig`` overrides (dotted keys), over the organism recipe."""
+    defenses: tuple[str, ...] = ()
+    """Ready-made defense arms (:data:`spillover.studies.defense_arms.DEFENSES`: caft, steer, kl,
+    interleave, inoculate, early_stop; ``all``: every one), built per organism."""
+    defense: DefenseArmsConfig = field(default_factory=DefenseArmsConfig)
+    """The defense arms' settings (CAFT directions, steering scale, KL beta, ...)."""
     organism: OrganismConfig = field(default_factory=lambda: _demo_defaults()[0])
     """The organism trained (or reused): the full demo's by default."""
     sae: OrganismSAEConfig = field(default_factory=lambda: _demo_defaults()[1])
@@ -133,9 +143,20 @@ class MitigateConfig:
                 f"filtering.eval.domains {list(self.filtering.eval.domains)} lacks {domain!r}, where the "
                 f"in-domain retention of {self.filtering.dataset!r} is measured"
             )
-        for name in self.arms:
+        object.__setattr__(self, "defenses", resolve_defenses(self.defenses))
+        for name in (*self.arms, *self.defenses):
             if not name or name == "unfiltered" or name in self.filtering.methods:
                 raise ConfigError(f"arm name {name!r} is empty or clashes with a filter / 'unfiltered'")
+        clash = sorted(set(self.arms) & set(self.defenses))
+        if clash:
+            raise ConfigError(f"arms {clash} clash with the defense arms of the same name")
+        if "early_stop" in self.defenses:
+            steps = self.base_finetune(self.filtering.seeds[0]).max_steps
+            if steps is None or steps < self.defense.early_stop_checkpoints:
+                raise ConfigError(
+                    f"early_stop needs at least {self.defense.early_stop_checkpoints} fine-tuning steps "
+                    f"(defense.early_stop_checkpoints), the recipe has {steps}"
+                )
         for name, overrides in self.arms.items():
             if not isinstance(overrides, Mapping):
                 raise ConfigError(f"arm {name!r}: overrides must be a mapping, got {overrides!r}")
@@ -180,6 +201,27 @@ class MitigateConfig:
         return arm_config(self.base_finetune(seed), self.arms[name], name=name)
 
 
+def _defense_arms(
+    art: Any, cfg: MitigateConfig, sae_dir: Path | None, corpora: Path | None, root: str | Path | None
+) -> dict[str, Overrides]:
+    """Each defense arm's overrides for this organism (building the directions and persona vector once)."""
+    from spillover.studies.defense_arms import build_defense_inputs, defense_overrides
+
+    inputs = None
+    if {"caft", "steer"} & set(cfg.defenses):
+        if sae_dir is None or corpora is None:
+            raise ValueError("the caft and steer defenses need the organism's SAE and corpora")
+        k = cfg.defense.caft_k if cfg.defense.caft_k is not None else cfg.filtering.toxic_k
+        inputs = build_defense_inputs(
+            art, sae_dir, corpora, toxic_k=k, tokens=cfg.filtering.score_tokens, root=root
+        )
+    steps = cfg.base_finetune(cfg.filtering.seeds[0]).max_steps
+    return {
+        name: defense_overrides(name, cfg.defense, art, inputs=inputs, corpora=corpora, max_steps=steps)
+        for name in cfg.defenses
+    }
+
+
 def collect_arm_runs(
     art: Any,
     cfg: MitigateConfig,
@@ -187,21 +229,36 @@ def collect_arm_runs(
     organism: str = "",
     root: str | Path | None = None,
     on_run: Callable[[str], None] | None = None,
+    sae_dir: Path | None = None,
+    corpora: Path | None = None,
+    defense_arms: Mapping[str, Overrides] | None = None,
 ) -> dict[str, dict[Unit, RunNumbers]]:
-    """Fine-tune and evaluate every arm on the unfiltered dataset, per seed; arm -> unit -> numbers."""
+    """Fine-tune and evaluate every arm and defense on the unfiltered dataset, per seed; arm -> unit -> numbers.
+
+    ``sae_dir`` (the SAE at ``cfg.sae_layer``) and ``corpora`` (an ``organism_corpora`` folder) are needed
+    by the caft, steer, kl and interleave defenses; ``defense_arms``, the defenses' overrides when the
+    caller built them already.
+    """
     from spillover.organism.pipeline import evaluate_organism, finetune_organism
+    from spillover.studies.defense_arms import early_stop_finetune
     from spillover.studies.filtering_stats import in_domain_rate, ood_hits
 
     fcfg = cfg.filtering
     data = art.dataset(fcfg.dataset)
+    if defense_arms is None:
+        defense_arms = _defense_arms(art, cfg, sae_dir, corpora, root)
+    arms = {**cfg.arms, **defense_arms}
     out: dict[str, dict[Unit, RunNumbers]] = {}
-    for name in cfg.arms:
+    for name, overrides in arms.items():
         out[name] = {}
         for seed in fcfg.seeds:
             if on_run is not None:
                 on_run(f"{organism + ' ' if organism else ''}arm {name} seed {seed}")
-            ft_cfg = cfg.arm_config(name, seed)
-            ft = finetune_organism(art, data, ft_cfg.method, ft_cfg, root=root)
+            ft_cfg = arm_config(cfg.base_finetune(seed), overrides, name=name)
+            if name == "early_stop" and name in cfg.defenses:
+                ft = early_stop_finetune(art, data, fcfg.dataset, ft_cfg, cfg.defense, root=root)
+            else:
+                ft = finetune_organism(art, data, ft_cfg.method, ft_cfg, root=root)
             result = evaluate_organism(
                 ft, replace(fcfg.eval, sampling=replace(fcfg.eval.sampling, seed=seed)), root=root
             )
@@ -228,11 +285,70 @@ def _arm_entries(
             coherent_rate=sum(coh) / len(coh) if coh else None,
             in_domain=None if None in ins else sum(v for v in ins if v is not None) / len(ins),
             in_domain_per_unit=ins,
-            overrides=cfg.arms[name],
         )
+        if name in cfg.arms:
+            entry["overrides"] = cfg.arms[name]
+        else:
+            entry.update(defense=DEFENSES[name], settings=cfg.defense.settings(name))
         entry["vs_filters"] = arm_vs_filters(section, entry, methods=cfg.filtering.methods)
         entries[name] = entry
     return entries
+
+
+def collect_organism_runs(
+    art: Any,
+    cfg: MitigateConfig,
+    *,
+    organism: str = "",
+    root: str | Path | None = None,
+    on_run: Callable[[str], None] | None = None,
+) -> tuple[FilterRuns, dict[str, dict[Unit, RunNumbers]]]:
+    """Every filter and arm on one trained organism (cached); its units are labelled ``organism``.
+
+    Several organisms: collect each with its own label, then :func:`mitigation_summary` of the lists.
+    """
+    from spillover.organism.inputs import organism_corpora, train_organism_saes
+
+    sae_dir = None
+    corpora = None
+    if cfg.filtering.methods or {"caft", "steer", "kl", "interleave"} & set(cfg.defenses):
+        sae_dir = train_organism_saes(art, cfg.sae, root=root) / f"layer_{cfg.sae_layer}"
+        corpora = organism_corpora(art, cfg.toxic_domains, root)
+    defenses = _defense_arms(art, cfg, sae_dir, corpora, root)  # e.g. a bad prompt fails before training
+    runs = collect_filter_runs(
+        art,
+        sae_dir,
+        cfg.filtering,
+        organism=organism,
+        toxic=corpora / "toxic.jsonl" if corpora else None,
+        benign=corpora / "benign.jsonl" if corpora else None,
+        root=root,
+        on_run=on_run,
+    )
+    arms = collect_arm_runs(art, cfg, organism=organism, root=root, on_run=on_run, defense_arms=defenses)
+    return runs, arms
+
+
+def mitigation_summary(
+    filter_runs: Sequence[FilterRuns],
+    arm_runs: Sequence[Mapping[str, Mapping[Unit, RunNumbers]]],
+    cfg: MitigateConfig,
+) -> dict[str, Any]:
+    """The summary of :func:`run_mitigation` from one or several organisms' collected runs."""
+    runs = merge_filter_runs(filter_runs)
+    section = filter_section(runs, cfg.filtering, drop=cfg.drop)
+    arms: dict[str, dict[Unit, RunNumbers]] = {}
+    for by_arm in arm_runs:
+        for name, by_unit in by_arm.items():
+            arms.setdefault(name, {}).update(by_unit)
+    summary: dict[str, Any] = {
+        "dataset": cfg.filtering.dataset,
+        "config": to_dict(cfg),
+        "filtering": section,
+        "arms": _arm_entries(section, arms, runs.unfiltered, cfg),
+    }
+    summary["table"] = mitigation_table(summary)
+    return summary
 
 
 def run_mitigation(
@@ -241,41 +357,18 @@ def run_mitigation(
     root: str | Path | None = None,
     on_run: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Train (or reuse) the organism, its SAEs and corpora, then run every filter and arm (cached).
+    """Train (or reuse) the organism, its SAEs and corpora, then run every filter, arm and defense (cached).
 
     Returns:
         ``{"dataset", "config", "filtering": section, "arms": {name: entry}, "table": rows}``; a filtering
         section as :func:`spillover.studies.filtering.run_filter_experiment` returns, arm entries like its
-        entries plus ``overrides`` and ``vs_filters``.
+        entries plus ``overrides`` (an arm) or ``defense`` and ``settings`` (a defense), and ``vs_filters``.
     """
-    from spillover.organism.inputs import organism_corpora, train_organism_saes
     from spillover.organism.pipeline import train_organism
 
     art = train_organism(cfg.organism, root=root)
-    sae_dir = None
-    corpora = None
-    if cfg.filtering.methods:
-        sae_dir = train_organism_saes(art, cfg.sae, root=root) / f"layer_{cfg.sae_layer}"
-        corpora = organism_corpora(art, cfg.toxic_domains, root)
-    runs = collect_filter_runs(
-        art,
-        sae_dir,
-        cfg.filtering,
-        toxic=corpora / "toxic.jsonl" if corpora else None,
-        benign=corpora / "benign.jsonl" if corpora else None,
-        root=root,
-        on_run=on_run,
-    )
-    section = filter_section(runs, cfg.filtering, drop=cfg.drop)
-    arms = _arm_entries(section, collect_arm_runs(art, cfg, root=root, on_run=on_run), runs.unfiltered, cfg)
-    summary: dict[str, Any] = {
-        "dataset": cfg.filtering.dataset,
-        "config": to_dict(cfg),
-        "filtering": section,
-        "arms": arms,
-    }
-    summary["table"] = mitigation_table(summary)
-    return summary
+    runs, arms = collect_organism_runs(art, cfg, root=root, on_run=on_run)
+    return mitigation_summary([runs], [arms], cfg)
 
 
 # -- the table ------------------------------------------------------------------------------------------
@@ -297,6 +390,7 @@ def _row(
         "in_domain": ins,
         "retention_change": None if ins is None or base_in is None else ins - base_in,
         "fraction_removed": entry.get("fraction_removed"),
+        "defense": entry.get("defense"),
     }
 
 
@@ -363,6 +457,11 @@ def _markdown(summary: Mapping[str, Any]) -> str:
                     f"| {_pct(e.get('minus_random'), e.get('minus_random_ci'), signed=True)} |"
                 )
     arms = summary.get("arms", {})
+    defenses = {n: e for n, e in arms.items() if e.get("defense")}
+    if defenses:
+        lines += ["", "## Defense arms", ""]
+        for name, entry in defenses.items():
+            lines.append(f"- {name}: {entry['defense']}; `{json.dumps(entry.get('settings', {}))}`")
     if arms:
         lines += [
             "",
@@ -379,7 +478,8 @@ def _markdown(summary: Mapping[str, Any]) -> str:
                 for m, v in vs.items()
                 if isinstance(v, Mapping)
             ]
-            lines.append(f"- {name} (`{json.dumps(entry.get('overrides', {}))}`): " + "; ".join(parts))
+            what = entry.get("defense") or f"`{json.dumps(entry.get('overrides', {}))}`"
+            lines.append(f"- {name} ({what}): " + "; ".join(parts))
     return "\n".join(lines) + "\n"
 
 
