@@ -48,7 +48,10 @@ def tiny_demo() -> DemoConfig:
         filtering=FilterExperimentConfig(
             dataset="insecure_mixed", methods=("geometry", "judge", "random"), finetune_steps=2, eval=eval_cfg
         ),
-        dynamics=DynamicsConfig(checkpoint_every=1, finetune_steps=2, n_prompts=6, n_eval=3),
+        # The EM run's method and steps, so the dynamics reuse its fine-tune (as in the full demo).
+        dynamics=DynamicsConfig(
+            checkpoint_every=1, finetune_method="lora", finetune_steps=2, n_prompts=6, n_eval=3
+        ),
     )
 
 
@@ -165,3 +168,26 @@ def test_bad_demo_options_fail_before_anything_is_trained(tmp_path, monkeypatch,
     args = [str(tmp_path / "file") if a == "FILE" else a for a in args]
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "out"), *args])
     assert result.exit_code == 2 and named in result.output
+
+
+@pytest.mark.slow
+def test_workers_compute_every_fine_tune_before_the_sequential_pass(tmp_path, monkeypatch):
+    import spillover.organism.pipeline as pipeline
+
+    calls: list[str] = []
+    real = pipeline.finetune
+    monkeypatch.setattr(pipeline, "finetune", lambda *a, **k: (calls.append("main"), real(*a, **k))[1])
+    lines: list[str] = []
+    summary = run_demo(
+        tiny_demo(), tmp_path / "out", root=tmp_path / "runs", progress=lines.append, workers=2
+    )
+    # The spawned workers do not see this patch: every fine-tune ran there, none in this process.
+    assert calls == []
+    assert any(line.startswith("running") and "2 worker processes" in line for line in lines)
+    assert any(line == "done: filtering (organism 1)" for line in lines)
+    _check_summary(summary, tmp_path / "out")
+
+
+def test_workers_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        run_demo(tiny_demo(), tmp_path / "out", root=tmp_path / "runs", workers=0)

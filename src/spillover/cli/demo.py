@@ -49,6 +49,13 @@ def demo(
         ),
     ] = False,
     threads: Annotated[int, typer.Option("--threads", help="torch CPU threads.")] = 2,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            help="Processes (one torch thread each) for the independent stages; 1: all in this one.",
+        ),
+    ] = 2,
 ) -> None:
     """Run every stage (reusing finished ones), write summary.json and report.html, print a short table."""
     if ctx.invoked_subcommand is not None:
@@ -56,6 +63,8 @@ def demo(
     cfg = _config(quick, seeds, organisms, retrain)
     if threads < 1:
         raise fail(f"--threads must be >= 1, got {threads}")
+    if workers < 1:
+        raise fail(f"--workers must be >= 1, got {workers}")
     for flag, path in (("--out", out), ("--root", root)):
         if path is not None and path.exists() and not path.is_dir():
             raise fail(f"{flag} {path} is a file; give a folder")
@@ -66,7 +75,9 @@ def demo(
     torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per organism load drowns the demo's own lines
     console = Console(stderr=True)
-    summary = run_demo(cfg, out, root=root, progress=lambda msg: console.print(f"[bold]›[/] {msg}"))
+    summary = run_demo(
+        cfg, out, root=root, progress=lambda msg: console.print(f"[bold]›[/] {msg}"), workers=workers
+    )
     print_summary(summary)
     typer.echo(f"wrote {out / 'summary.json'} and {out / 'report.html'}")
 

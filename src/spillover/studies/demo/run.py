@@ -15,6 +15,7 @@ from spillover.config import config_hash, to_dict
 from spillover.organism.pipeline import OrganismArtifacts
 from spillover.rundir import default_root, git_revision
 from spillover.studies.demo.config import DemoConfig
+from spillover.studies.demo.parallel import prefetch, risk_layer
 from spillover.studies.demo.pooled import geometry_vs_others
 from spillover.studies.demo.stages import em_runs, exact_em, geometry_stage, seeded_eval, spillover_stage
 from spillover.studies.demo.summary import (
@@ -75,6 +76,7 @@ def run_demo(
     *,
     root: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Run (or reuse) every stage and write ``summary.json`` and ``report.html`` into ``out``.
 
@@ -87,10 +89,14 @@ def run_demo(
         out: output folder (created).
         root: run-directory root for the cached stages (default ``spillover.rundir.default_root()``).
         progress: called with a short label before each step (the CLI prints it).
+        workers: with more than one, the independent stages first run on that many one-thread worker
+            processes (``spillover.studies.demo.parallel``); the results are the same stages either way.
 
     Returns:
         The summary dict (what summary.json holds).
     """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     root = Path(root) if root is not None else default_root()
     out.mkdir(parents=True, exist_ok=True)
     run = _Run(cfg, root, progress or (lambda msg: log.info("demo: %s", msg)))
@@ -107,8 +113,11 @@ def run_demo(
         "config": to_dict(cfg),
     }
     organisms = _organisms(run)
+    if workers > 1:
+        with run.timer.stage("parallel"):
+            prefetch(organisms, cfg, root, workers, run.say)
     reports = [_geometry(run, o) for o in organisms]
-    layers = [int(r["layers"][r["risk"]["layers"][0]]["site"]["layer"]) for r in reports]
+    layers = [risk_layer(r) for r in reports]
     _em(run, [o.art for o in organisms])
     sections = [geometry_section(r, em) for r, em in zip(reports, run.per_organism_em, strict=True)]
     run.summary["geometry"] = pooled_geometry(sections, run.summary["em"])

@@ -14,7 +14,7 @@ from spillover.organism.pipeline import OrganismArtifacts
 from spillover.rundir import run_stage
 from spillover.studies.demo.config import DemoConfig, SpilloverConfig
 
-__all__ = ["em_runs", "geometry_stage", "seeded_eval", "spillover_stage"]
+__all__ = ["em_run", "em_runs", "geometry_stage", "seeded_eval", "spillover_stage"]
 
 
 def seeded_eval(cfg: DemoConfig, seed: int) -> EvalConfig:
@@ -137,7 +137,12 @@ def em_runs(
     per_organism: list[dict[str, Any]] = [{} for _ in arts]
     for name in cfg.em_datasets:
         runs = [
-            [_em_run(art, name, seed, cfg, root, progress, len(arts) > 1) for seed in cfg.seeds]
+            [
+                em_run(
+                    art, name, seed, cfg, root, progress if len(arts) == 1 else _with_organism(progress, art)
+                )
+                for seed in cfg.seeds
+            ]
             for art in arts
         ]
         for i, organism_runs in enumerate(runs):
@@ -148,29 +153,31 @@ def em_runs(
     return pooled, per_organism
 
 
-class _EMRun(NamedTuple):
+class EMRun(NamedTuple):
     hits: Any
     coherent: float | None
     in_domain: float | None
     exact: Any
 
 
-def _em_run(
+def _with_organism(progress: Callable[[str], None], art: OrganismArtifacts) -> Callable[[str], None]:
+    return lambda msg: progress(msg.replace(" (seed", f" (organism {art.config.seed}, seed"))
+
+
+def em_run(
     art: OrganismArtifacts,
     name: str,
     seed: int,
     cfg: DemoConfig,
     root: Path,
-    progress: Callable[[str], None],
-    say_organism: bool,
-) -> _EMRun:
+    progress: Callable[[str], None] | None = None,
+) -> EMRun:
+    """One EM unit (cached): fine-tune ``art`` on dataset ``name`` with ``seed``, evaluate, read the numbers."""
     from spillover.organism.pipeline import evaluate_organism, finetune_config, finetune_organism
     from spillover.studies.filtering import in_domain_rate, ood_hits
 
-    progress(
-        f"fine-tune {name}"
-        + (f" (organism {art.config.seed}, seed {seed})" if say_organism else f" (seed {seed})")
-    )
+    if progress is not None:
+        progress(f"fine-tune {name} (seed {seed})")
     ft_cfg = finetune_config(cfg.finetune_method, seed=seed)
     if cfg.finetune_steps is not None:
         ft_cfg = replace(ft_cfg, max_steps=cfg.finetune_steps)
@@ -185,12 +192,12 @@ def _em_run(
         ft_cfg = replace(ft_cfg, checkpoint_every=dyn.checkpoint_every)
     ft = finetune_organism(art, name, cfg.finetune_method, ft_cfg, root=root)
     result = evaluate_organism(ft, seeded_eval(cfg, seed), root=root)
-    return _EMRun(
+    return EMRun(
         ood_hits(result.records), result.ood_coherent, in_domain_rate(result, name), result.em_probability
     )
 
 
-def _em_entry(runs: list[_EMRun], inducing: bool) -> dict[str, Any]:
+def _em_entry(runs: list[EMRun], inducing: bool) -> dict[str, Any]:
     from spillover.studies.filtering import rate_with_ci
 
     entry = rate_with_ci([r.hits for r in runs])
