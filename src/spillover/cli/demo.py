@@ -9,6 +9,7 @@ spillover demo --retrain                    # train the organisms from scratch i
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -74,6 +75,10 @@ def demo(
 
     torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per organism load drowns the demo's own lines
+    if (
+        logging.getLogger().level > logging.DEBUG
+    ):  # the demo prints its own steps; `spillover -v demo` keeps the log
+        logging.getLogger("spillover").setLevel(logging.WARNING)
     console = Console(stderr=True)
     summary = run_demo(
         cfg, out, root=root, progress=lambda msg: console.print(f"[bold]›[/] {msg}"), workers=workers

@@ -493,9 +493,8 @@ def run_filter_experiment(
     Returns:
         ``{"dataset", "fraction", "fractions", "seeds", "units", "retention_budget", "unfiltered": entry,
         <method>: entry, ...}``; an entry has the headline-fraction numbers, ``by_fraction`` and
-        ``matched_retention``. Several
-        organisms: :func:`collect_filter_runs` each with its own label, :func:`merge_filter_runs`, then
-        :func:`filter_section`.
+        ``matched_retention``. Several organisms: :func:`collect_filter_runs` each with its own label,
+        :func:`merge_filter_runs`, then :func:`filter_section`.
     """
     runs = collect_filter_runs(art, sae_dir, cfg, toxic=toxic, benign=benign, root=root, on_run=on_run)
     return filter_section(runs, cfg)
