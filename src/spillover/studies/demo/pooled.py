@@ -1,4 +1,5 @@
-"""Claims pooled over organisms x fine-tuning seeds: EM contrasts, geometry p-values, filtering, dynamics.
+"""Statistics pooled over organisms x fine-tuning seeds: paired EM contrasts, combined p-values, Spearman
+with an exact permutation p, and geometry filtering against the other filters.
 
 A *unit* is one fine-tune (an organism and a seed) with its 0/1 misaligned flags per evaluated answer.
 Intervals come from the two-level bootstrap the filtering experiment uses (units resampled with
@@ -17,9 +18,9 @@ from spillover.studies.filtering_stats import paired_bootstrap
 
 __all__ = [
     "combine_pvalues",
+    "geometry_vs_others",
     "hits_from_entry",
     "paired_difference",
-    "geometry_vs_others",
     "spearman_with_p",
 ]
 
