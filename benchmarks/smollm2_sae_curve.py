@@ -127,6 +127,12 @@ def _train(
     }
 
 
+def _write(out: Path, collection: dict[str, Any], n: int, heldout: int, rows: list[Any], wall: float) -> None:
+    """The JSON report, rewritten after every SAE so a cut run keeps the rows it finished."""
+    report = {"collection": collection, "cached_tokens": n, "heldout": heldout, "rows": rows, "wall_s": wall}
+    out.write_text(json.dumps(report, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layers", type=int, nargs="+", default=[15, 24])
@@ -172,16 +178,10 @@ def main() -> None:
                 f" {row['heldout_l0']:>6.1f} {row['heldout_dead_fraction']:>6.1%} {row['train_wall_s']:>8.1f}",
                 flush=True,
             )
+            _write(args.out, collection, n, args.heldout, rows, time.perf_counter() - start)
     wall = time.perf_counter() - start
     print(f"\ncached tokens {n}, held-out {args.heldout}, wall time {wall:.0f} s")
-    report = {
-        "collection": collection,
-        "cached_tokens": n,
-        "heldout": args.heldout,
-        "rows": rows,
-        "wall_s": wall,
-    }
-    args.out.write_text(json.dumps(report, indent=1))
+    _write(args.out, collection, n, args.heldout, rows, wall)
 
 
 if __name__ == "__main__":
