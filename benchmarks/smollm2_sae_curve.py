@@ -10,7 +10,8 @@ and the EM datasets, as the study's ``real-sae`` stage trains on), and keeps it 
 for each budget, a TopK SAE of the study's shape (``StudyConfig().sae``) trained on the first ``budget``
 tokens of one random order of the rest: the budgets are nested and share the held-out set, so the
 curve measures data, not split noise. Each SAE runs ``max(budget, study's training_tokens)`` training
-tokens, i.e. the study's step count (several passes over small budgets) and one pass over larger ones.
+tokens (``--training-tokens`` raises the floor), i.e. the study's step count (several passes over small
+budgets) and one pass over larger ones.
 """
 
 from __future__ import annotations
@@ -94,7 +95,12 @@ def _collect(args: argparse.Namespace, layers: list[int]) -> dict[str, Any]:
 
 
 def _train(
-    acts: torch.Tensor, held: torch.Tensor, budget_idx: torch.Tensor, module: str, layer: int
+    acts: torch.Tensor,
+    held: torch.Tensor,
+    budget_idx: torch.Tensor,
+    module: str,
+    layer: int,
+    min_training_tokens: int | None,
 ) -> dict[str, Any]:
     """One study-shaped SAE on the budget's tokens, measured on the shared held-out tokens."""
     from spillover.realmodel.study_config import StudyConfig
@@ -105,7 +111,8 @@ def _train(
     budget = len(budget_idx)
     # holdout_fraction tiny: the trainer's own split (and its logged quality) takes one token; the shared
     # held-out set is what the curve reports.
-    cfg = replace(base, training_tokens=max(budget, base.training_tokens), holdout_fraction=1e-9)
+    floor = base.training_tokens if min_training_tokens is None else min_training_tokens
+    cfg = replace(base, training_tokens=max(budget, floor), holdout_fraction=1e-9)
     start = time.perf_counter()
     trained = train_sae_on_activations(
         acts[budget_idx], cfg, site=Site(module, "output", layer), model_name="SmolLM2-135M-Instruct"
@@ -143,6 +150,9 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None, help="default ../shared/data, else data home")
     parser.add_argument("--cache", type=Path, required=True, help="activation cache folder (reused if there)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--training-tokens", type=int, default=None, help="minimum training tokens per SAE (default: study's)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--collect-only", action="store_true", help="stop after caching (speed probe)")
     args = parser.parse_args()
@@ -171,7 +181,7 @@ def main() -> None:
     for layer in args.layers:
         acts = cache.acts[layer]
         for idx in budgets.values():
-            row = _train(acts, held, idx, meta["sites"][str(layer)], layer)
+            row = _train(acts, held, idx, meta["sites"][str(layer)], layer, args.training_tokens)
             rows.append(row)
             print(
                 f"{layer:>5} {row['tokens']:>8} {row['steps']:>6} {row['heldout_fvu']:>7.4f}"
