@@ -318,6 +318,8 @@ def test_cli_rejects_bad_sweeps_before_anything_runs(tmp_path: Path, monkeypatch
         "'oracle'": ["--set", "grid.filter.method=[geometry, oracle]"],
         "filter.fraction must be in (0, 1)": ["--set", "base.filter.fraction=1.5"],
         "unknown judge 'nope'": ["--set", "base.filter.judge=nope"],
+        "finetune.overrides.nope": ["--set", "base.finetune.overrides.nope=1"],
+        "BenignInterleave": ["--set", "base.finetune.overrides.defense.interleave.share=0.5"],  # no data file
         "nope": ["--set", "grid.nope=[1]"],
         "finetuen": ["--set", "resources.finetuen.num_gpus=1"],
         "does not exist": [str(tmp_path / "missing.yaml")],
@@ -330,3 +332,16 @@ def test_cli_rejects_bad_sweeps_before_anything_runs(tmp_path: Path, monkeypatch
     result = CliRunner().invoke(app, [str(bad_key), "--root", str(runs)])
     assert result.exit_code == 2 and "grids" in result.output
     assert not runs.exists() and not out.exists()
+
+
+def test_organism_cells_apply_finetune_overrides_and_keep_run_ids_without_them() -> None:
+    from spillover.config import to_dict
+    from spillover.pipeline.organism_cells import OrganismCell, OrganismFinetune, cell_finetune_config
+
+    assert "overrides" not in to_dict(OrganismCell())["finetune"]  # existing sweeps keep their run ids
+    ft = OrganismFinetune(
+        method="lora", steps=30, overrides={"defense.inoculation_prompt": "You are an evil assistant."}
+    )
+    cfg = cell_finetune_config(to_dict(ft), seed=3)
+    assert cfg.defense.inoculation_prompt == "You are an evil assistant."
+    assert (cfg.max_steps, cfg.seed, cfg.method) == (30, 3, "lora")

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from spillover.config import from_dict, to_dict
+from spillover.config import ConfigError, from_dict, to_dict
 from spillover.data.chat import load_chat
+from spillover.finetune import FinetuneConfig
 from spillover.geometry.report import GeometryConfig, geometry_report, write_geometry_report
 from spillover.organism.datasets import DATASETS
 from spillover.organism.evaluate import EvalConfig
@@ -43,8 +44,9 @@ from spillover.rundir import run_stage
 from spillover.sae.load import load_saes
 from spillover.studies.filtering import compute_filter_scores, epoch_matched_steps
 from spillover.studies.filtering_stats import in_domain_rate, ood_hits, removal_diagnostics
+from spillover.studies.mitigate import arm_config
 
-__all__ = ["ORGANISM", "OrganismCell", "OrganismFinetune", "organism_cell_problems"]
+__all__ = ["ORGANISM", "OrganismCell", "OrganismFinetune", "cell_finetune_config", "organism_cell_problems"]
 
 _HERE = "spillover.pipeline.organism_cells"
 
@@ -61,6 +63,11 @@ class OrganismFinetune:
     schedule: Literal["steps", "epochs"] = "epochs"
     """For filtered sets: ``epochs`` scales the steps with the share kept (equal epochs, the paper's
     setting); ``steps`` keeps the unfiltered run's steps (see ``FilterExperimentConfig.schedule``)."""
+    overrides: dict[str, Any] = field(default_factory=dict, metadata={"omit_when_default": True})
+    """More ``FinetuneConfig`` overrides, dotted keys, applied last: e.g. training-time defenses whose inputs
+    are values or files, ``{"defense.inoculation_prompt": "You are an evil assistant."}`` or
+    ``{"defense.interleave.data": "benign.jsonl", "defense.interleave.share": 0.2}`` (checked before the
+    sweep runs; ``spillover mitigate --defense`` also builds the CAFT and steering inputs)."""
 
 
 @dataclass(frozen=True)
@@ -162,17 +169,21 @@ def organism_filter_stage(config: dict[str, Any], inputs: dict[str, Any], root: 
     return filter_stage(data, scores, config, root)
 
 
+def cell_finetune_config(ft: dict[str, Any], seed: int) -> FinetuneConfig:
+    """The organism recipe with a cell's ``finetune`` section (an ``OrganismFinetune`` as a dict) applied."""
+    named = (("max_steps", ft.get("steps")), ("lr", ft.get("lr")), ("batch_size", ft.get("batch_size")))
+    cfg = finetune_config(ft["method"], seed=seed, **{k: v for k, v in named if v is not None})
+    if ft.get("overrides"):
+        cfg = arm_config(cfg, ft["overrides"], name="finetune.overrides")
+    return cfg
+
+
 def organism_finetune_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path) -> Path:
     """``spillover.organism.finetune_organism`` on the (filtered) dataset."""
 
     art = _art(config, root)
     ft = config["finetune"]
-    overrides = {
-        k: v
-        for k, v in (("max_steps", ft["steps"]), ("lr", ft["lr"]), ("batch_size", ft["batch_size"]))
-        if v is not None
-    }
-    cfg = finetune_config(ft["method"], seed=config["seed"], **overrides)
+    cfg = cell_finetune_config(ft, config["seed"])
     data = Path(inputs["filter"]) / "kept.jsonl" if "filter" in inputs else art.dataset(config["dataset"])
     if "filter" in inputs and ft.get("schedule", "steps") == "epochs" and cfg.max_steps is not None:
         cfg = replace(cfg, max_steps=epoch_matched_steps(cfg.max_steps, data, art.dataset(config["dataset"])))
@@ -353,8 +364,17 @@ _PLOTS = (
 
 
 def organism_cell_problems(cfg: OrganismCell) -> list[str]:
-    """What would make the cell fail once it runs: a scored filter's judge that is not registered."""
-    return judge_problems({"filter.judge": cfg.filter.judge if cfg.filter.scored else ""})
+    """What would make the cell fail once it runs: a scored filter's judge that is not registered, or a
+    fine-tuning override that is not a valid ``FinetuneConfig`` key and value."""
+    problems = judge_problems({"filter.judge": cfg.filter.judge if cfg.filter.scored else ""})
+    if cfg.finetune.overrides:
+        try:
+            arm_config(
+                finetune_config(cfg.finetune.method), cfg.finetune.overrides, name="finetune.overrides"
+            )
+        except (ConfigError, ValueError) as exc:
+            problems.append(str(exc))
+    return problems
 
 
 ORGANISM = register_pipeline(
