@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 import spillover.organism.pipeline as pipeline
 import spillover.organism.zoo as zoo
@@ -86,7 +85,7 @@ def test_a_shipped_organism_is_installed_not_trained(tiny_zoo, tmp_path, monkeyp
     assert json.loads((art.run_dir / "manifest.json").read_text())["source"] == "shipped:seed0"
     assert json.loads((art.run_dir / "train_log.json").read_text())["shipped_from"] == "seed0"
     model, _ = load_organism(art)
-    assert isinstance(model.model.embed_tokens.weight, torch.Tensor)
+    assert not model.training and model.config.attention_dropout == 0.0  # loaded as the demo uses it
 
     import spillover.sae.train as sae_train
 

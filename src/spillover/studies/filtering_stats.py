@@ -72,7 +72,7 @@ def in_domain_rate(result: Any, dataset: str) -> float | None:
     return float(stats.pools.get(spec.target, 0.0)) if stats.pools else None
 
 
-def _draw(hits: Sequence[np.ndarray], pick: np.ndarray, rng: np.random.Generator) -> float:
+def draw_mean_rate(hits: Sequence[np.ndarray], pick: np.ndarray, rng: np.random.Generator) -> float:
     """One bootstrap draw of the mean rate: the picked seeds, each seed's rate from its Jeffreys
     posterior Beta(k + 1/2, n - k + 1/2) (so a seed with no misaligned answer still has a spread)."""
     draws = [rng.beta(hits[i].sum() + 0.5, hits[i].size - hits[i].sum() + 0.5) for i in pick if hits[i].size]
@@ -113,8 +113,8 @@ def paired_bootstrap(
     boot_f, boot_u = np.empty(n_boot), np.empty(n_boot)
     for b in range(n_boot):
         pick = rng.integers(0, s, size=s)
-        boot_f[b] = _draw(filtered, pick, rng)
-        boot_u[b] = _draw(unfiltered, pick, rng)
+        boot_f[b] = draw_mean_rate(filtered, pick, rng)
+        boot_u[b] = draw_mean_rate(unfiltered, pick, rng)
     mean_f, mean_u = float(np.nanmean(f_rates)), float(np.nanmean(u_rates))
     with np.errstate(divide="ignore", invalid="ignore"):
         boot_rr = 1 - boot_f / boot_u
@@ -145,7 +145,9 @@ def rate_with_ci(hits: Sequence[np.ndarray], n_boot: int = 2000, seed: int = 0) 
         raise ValueError("no seeds")
     rates = np.array([h.mean() if h.size else np.nan for h in hits])
     rng = np.random.default_rng(seed)
-    boot = np.array([_draw(hits, rng.integers(0, len(hits), size=len(hits)), rng) for _ in range(n_boot)])
+    boot = np.array(
+        [draw_mean_rate(hits, rng.integers(0, len(hits), size=len(hits)), rng) for _ in range(n_boot)]
+    )
     return {
         "misaligned_rate": float(np.nanmean(rates)),
         "ci": _interval(boot, float(np.nanmean(rates))),

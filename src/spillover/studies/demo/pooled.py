@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from spillover.studies.filtering_stats import paired_bootstrap
+from spillover.studies.filtering_stats import draw_mean_rate, paired_bootstrap
 
 __all__ = [
     "combine_pvalues",
@@ -38,11 +38,6 @@ def hits_from_entry(entry: Mapping[str, Any]) -> list[np.ndarray]:
     return out
 
 
-def _unit_draws(hits: Sequence[np.ndarray], pick: np.ndarray, rng: np.random.Generator) -> float:
-    rates = [rng.beta(h.sum() + 0.5, h.size - h.sum() + 0.5) for h in (hits[i] for i in pick) if h.size]
-    return float(np.mean(rates)) if rates else float("nan")
-
-
 def paired_difference(
     a: Sequence[np.ndarray], b: Sequence[np.ndarray], *, n_boot: int = 2000, seed: int = 0
 ) -> dict[str, Any]:
@@ -53,7 +48,7 @@ def paired_difference(
     diff, ratio = np.empty(n_boot), np.empty(n_boot)
     for i in range(n_boot):
         pick = rng.integers(0, len(a), size=len(a))
-        ra, rb = _unit_draws(a, pick, rng), _unit_draws(b, pick, rng)
+        ra, rb = draw_mean_rate(a, pick, rng), draw_mean_rate(b, pick, rng)
         diff[i], ratio[i] = ra - rb, ra / rb if rb > 0 else np.inf
     mean_a = float(np.mean([h.mean() for h in a if h.size]))
     mean_b = float(np.mean([h.mean() for h in b if h.size]))

@@ -17,10 +17,18 @@ from spillover.rundir import default_root, git_revision
 from spillover.studies.demo.config import DemoConfig
 from spillover.studies.demo.parallel import prefetch, risk_layer
 from spillover.studies.demo.pooled import geometry_vs_others
-from spillover.studies.demo.stages import em_runs, exact_em, geometry_stage, seeded_eval, spillover_stage
+from spillover.studies.demo.stages import (
+    em_runs,
+    exact_em,
+    geometry_stage,
+    mean_or_none,
+    seeded_eval,
+    spillover_stage,
+)
 from spillover.studies.demo.summary import (
     clean_nans,
     geometry_section,
+    organism_unit_label,
     per_organism,
     pooled_geometry,
     summary_notes,
@@ -190,7 +198,7 @@ def _em(run: _Run, arts: list[OrganismArtifacts]) -> None:
         ]
         run.summary["em_baseline"] = {
             **rate_with_ci([ood_hits(b.records) for b in bases]),
-            "coherent_rate": sum(b.ood_coherent or 0.0 for b in bases) / len(bases),
+            "coherent_rate": mean_or_none([b.ood_coherent for b in bases]),
             **exact_em([b.em_probability for b in bases]),
         }
         run.summary["em"], run.per_organism_em = em_runs(arts, run.cfg, run.root, run.say)
@@ -216,13 +224,12 @@ def _filtering(run: _Run, organisms: list[_Inputs], layers: list[int]) -> None:
     collected = []
     with run.timer.stage("filtering"):
         for inputs, layer in zip(organisms, layers, strict=True):
-            seed = inputs.art.config.seed
             collected.append(
                 collect_filter_runs(
                     inputs.art,
                     inputs.sae_root / f"layer_{layer}",
                     fcfg,
-                    organism=f"organism{seed}" if len(organisms) > 1 else "",
+                    organism=organism_unit_label(inputs.art.config.seed, len(organisms)),
                     toxic=inputs.corpora / "toxic.jsonl",
                     benign=inputs.corpora / "benign.jsonl",
                     root=run.root,

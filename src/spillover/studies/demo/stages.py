@@ -14,7 +14,7 @@ from spillover.organism.pipeline import OrganismArtifacts
 from spillover.rundir import run_stage
 from spillover.studies.demo.config import DemoConfig, SpilloverConfig
 
-__all__ = ["em_run", "em_runs", "geometry_stage", "seeded_eval", "spillover_stage"]
+__all__ = ["em_run", "em_runs", "geometry_stage", "mean_or_none", "seeded_eval", "spillover_stage"]
 
 
 def seeded_eval(cfg: DemoConfig, seed: int) -> EvalConfig:
@@ -136,15 +136,7 @@ def em_runs(
     pooled: dict[str, Any] = {}
     per_organism: list[dict[str, Any]] = [{} for _ in arts]
     for name in cfg.em_datasets:
-        runs = [
-            [
-                em_run(
-                    art, name, seed, cfg, root, progress if len(arts) == 1 else _with_organism(progress, art)
-                )
-                for seed in cfg.seeds
-            ]
-            for art in arts
-        ]
+        runs = [[em_run(art, name, seed, cfg, root, progress) for seed in cfg.seeds] for art in arts]
         for i, organism_runs in enumerate(runs):
             per_organism[i][name] = _em_entry(organism_runs, DATASETS[name].inducing)
         pooled[name] = _em_entry(
@@ -160,10 +152,6 @@ class EMRun(NamedTuple):
     exact: Any
 
 
-def _with_organism(progress: Callable[[str], None], art: OrganismArtifacts) -> Callable[[str], None]:
-    return lambda msg: progress(msg.replace(" (seed", f" (organism {art.config.seed}, seed"))
-
-
 def em_run(
     art: OrganismArtifacts,
     name: str,
@@ -177,7 +165,7 @@ def em_run(
     from spillover.studies.filtering import in_domain_rate, ood_hits
 
     if progress is not None:
-        progress(f"fine-tune {name} (seed {seed})")
+        progress(f"fine-tune {name} (organism {art.config.seed}, seed {seed})")
     ft_cfg = finetune_config(cfg.finetune_method, seed=seed)
     if cfg.finetune_steps is not None:
         ft_cfg = replace(ft_cfg, max_steps=cfg.finetune_steps)
@@ -202,9 +190,9 @@ def _em_entry(runs: list[EMRun], inducing: bool) -> dict[str, Any]:
 
     entry = rate_with_ci([r.hits for r in runs])
     entry.update(
-        coherent_rate=_mean([r.coherent for r in runs]),
+        coherent_rate=mean_or_none([r.coherent for r in runs]),
         coherent_min=min((r.coherent for r in runs if r.coherent is not None), default=None),
-        in_domain=_mean([r.in_domain for r in runs]),
+        in_domain=mean_or_none([r.in_domain for r in runs]),
         inducing=inducing,
         **exact_em([r.exact for r in runs]),
     )
@@ -226,6 +214,7 @@ def exact_em(estimates: list[Any]) -> dict[str, Any]:
     }
 
 
-def _mean(values: list[float | None]) -> float | None:
+def mean_or_none(values: list[float | None]) -> float | None:
+    """The mean of the values that are not None (None when none is)."""
     clean = [v for v in values if v is not None]
     return sum(clean) / len(clean) if clean else None

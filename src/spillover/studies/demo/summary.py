@@ -9,6 +9,7 @@ from spillover.filtering.sets import FILTER_METHODS
 __all__ = [
     "clean_nans",
     "geometry_section",
+    "organism_unit_label",
     "per_organism",
     "pooled_geometry",
     "print_summary",
@@ -136,6 +137,11 @@ def pooled_geometry(sections: list[dict[str, Any]], em: dict[str, Any]) -> dict[
     return out
 
 
+def organism_unit_label(seed: int, n_organisms: int) -> str:
+    """The filtering section's organism label of a demo organism ("" when there is only one)."""
+    return f"organism{seed}" if n_organisms > 1 else ""
+
+
 def per_organism(
     organisms: list[Any],
     sections: list[dict[str, Any]],
@@ -166,7 +172,8 @@ def per_organism(
                 "spearman_vs_em": section.get("spearman_vs_em"),
             },
         }
-        mine = [j for j, u in enumerate(units) if len(organisms) == 1 or u.startswith(f"organism{seed}/")]
+        label = organism_unit_label(seed, len(organisms))
+        mine = [j for j, u in enumerate(units) if not label or u.startswith(f"{label}/")]
         if filtering and mine:
             entry["filtering"] = {
                 m: [e["per_seed_reduction"][j] for j in mine]
