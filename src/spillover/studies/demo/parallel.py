@@ -1,7 +1,7 @@
 """Compute the demo's independent stages in worker processes, so the sequential pass only reads caches.
 
-The organism is tiny, so one fine-tune uses two torch threads poorly (measured: 6.4 s with two threads,
-9.2 s with one, and two one-thread processes side by side finish two fine-tunes in 9.2 s). With
+The organism is tiny, so one fine-tune uses two torch threads poorly, and two one-thread processes side
+by side get more done (measured: docs/results.md#demo-timing). With
 ``workers`` > 1, :func:`prefetch` runs the geometry reports, the EM fine-tunes and evaluations and the
 filtering runs as separate jobs on that many one-thread processes; every job is a cached run directory
 (``spillover.rundir.run_stage`` writes each atomically), so ``run_demo``'s own pass afterwards finds them
