@@ -109,6 +109,10 @@ def test_estimate_pools_prompts_and_keeps_repeats(tokenizer: Any) -> None:
     assert est.estimate == pytest.approx((3 * 0.3 + 0.1) / 4, abs=1e-6)
     assert est.interval[0] <= est.estimate <= est.interval[1]
     assert EMEstimate.from_dict(est.to_dict()).to_dict() == est.to_dict()
+    assert est.off_template < 0.5 and est.usable
+    leaky = {ids("<assistant>"): {ids("skip"): 0.1, ids("lie"): 0.05}}  # the rest goes to <unk>
+    off = em_estimate(BigramModel(len(tokenizer), leaky, tokenizer.unk_token_id), tokenizer, prompts)
+    assert off.off_template > 0.5 and not off.usable  # mostly off the templates: no stand-in for the rate
 
 
 def test_batching_and_padding_do_not_change_the_values(quick_organism: OrganismArtifacts) -> None:

@@ -13,7 +13,8 @@ unfiltered paired by unit), plus the comparison at matched retention (each metho
 
 On a ``*_mixed`` dataset a filter can lower EM by removing the task samples; on a ``*_alltask`` one
 (every sample performs the task) it cannot, which is the paper's setting: pick those for the headline,
-with ``FilterExperimentConfig.paper()`` for the paper's fractions (0.1, 0.25, 0.5, 0.75).
+with ``FilterExperimentConfig.paper()`` for the paper's fractions (0.1, 0.25, 0.5, 0.75). Each entry's
+``exact`` compares the organism's exact EM probability (no answer-level noise) paired by unit.
 
 A pairing unit is (organism label, seed). One organism: :func:`run_filter_experiment`. Several: collect
 each with its own label, merge, then build the section::
@@ -52,6 +53,7 @@ from spillover.studies.filtering_stats import (
     paired_bootstrap,
     rate_with_ci,
     removal_diagnostics,
+    task_numbers,
 )
 
 __all__ = [
@@ -240,11 +242,6 @@ def write_filter_sets(
     return run_stage("filter_sets", config, fn, root=root, inputs={"data": dataset, "scores": scores_dir})
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
-    clean = [v for v in values if v is not None]
-    return float(np.mean(clean)) if clean else None
-
-
 # -- the experiment -------------------------------------------------------------------------------------
 
 Unit = tuple[str, int]
@@ -264,6 +261,16 @@ class RunNumbers:
     """0/1 misaligned per scored out-of-domain answer."""
     coherent: float | None
     in_domain: float | None
+    em_probability: float | None = None
+    """The exact harmful-branch probability over the same prompts (``EvalResult.em_probability``)."""
+
+    @classmethod
+    def of(cls, result: Any, dataset: str) -> RunNumbers:
+        """The numbers of an organism evaluation (``EvalResult``) of a fine-tune on ``dataset``; the exact
+        EM probability only where it is usable (``EMEstimate.usable``)."""
+        est = result.em_probability
+        exact = est.estimate if est is not None and est.usable else None
+        return cls(ood_hits(result.records), result.ood_coherent, in_domain_rate(result, dataset), exact)
 
 
 @dataclass
@@ -358,7 +365,7 @@ def collect_filter_runs(
         result = evaluate_organism(
             ft, replace(cfg.eval, sampling=replace(cfg.eval.sampling, seed=seed)), root=root
         )
-        return RunNumbers(ood_hits(result.records), result.ood_coherent, in_domain_rate(result, cfg.dataset))
+        return RunNumbers.of(result, cfg.dataset)
 
     out.unfiltered = {(organism, s): run(data, s, f"unfiltered seed {s}") for s in cfg.seeds}
     labels = art.labels(cfg.dataset)
@@ -399,7 +406,7 @@ def filter_section(runs: FilterRuns, cfg: FilterExperimentConfig, *, drop: float
         "schedule": cfg.schedule,
         "unfiltered": {
             **rate_with_ci([r.hits for r in base]),
-            **_task_numbers(base),
+            **task_numbers(base),
             "fraction_removed": 0.0,
         },
     }
@@ -416,7 +423,7 @@ def filter_section(runs: FilterRuns, cfg: FilterExperimentConfig, *, drop: float
                 raise ValueError(f"{method} at {fraction:g} has no run for units {missing}")
             filtered = [by_unit[u] for u in units]
             entry = paired_bootstrap([r.hits for r in filtered], [r.hits for r in base])
-            entry.update(_task_numbers(filtered))
+            entry.update(task_numbers(filtered, base))
             removed = runs.removed[(method, fraction)]
             entry["fraction_removed"] = float(np.mean([v["fraction_removed"] for v in removed.values()]))
             diagnostics = {
@@ -459,14 +466,6 @@ def matched_view(section: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(entry, Mapping) and isinstance(entry.get("matched_retention"), Mapping):
             out[name] = entry["matched_retention"]
     return out
-
-
-def _task_numbers(runs: Sequence[RunNumbers]) -> dict[str, Any]:
-    return {
-        "coherent_rate": _mean([r.coherent for r in runs]),
-        "in_domain": _mean([r.in_domain for r in runs]),
-        "in_domain_per_unit": [r.in_domain for r in runs],
-    }
 
 
 def run_filter_experiment(

@@ -46,7 +46,7 @@ from spillover.studies.filtering import (
     matched_view,
     merge_filter_runs,
 )
-from spillover.studies.filtering_stats import arm_vs_filters, paired_bootstrap
+from spillover.studies.filtering_stats import arm_vs_filters, paired_bootstrap, task_numbers
 
 __all__ = [
     "MitigateConfig",
@@ -241,7 +241,6 @@ def collect_arm_runs(
     """
     from spillover.organism.pipeline import evaluate_organism, finetune_organism
     from spillover.studies.defense_arms import early_stop_finetune
-    from spillover.studies.filtering_stats import in_domain_rate, ood_hits
 
     fcfg = cfg.filtering
     data = art.dataset(fcfg.dataset)
@@ -262,9 +261,7 @@ def collect_arm_runs(
             result = evaluate_organism(
                 ft, replace(fcfg.eval, sampling=replace(fcfg.eval.sampling, seed=seed)), root=root
             )
-            out[name][(organism, seed)] = RunNumbers(
-                ood_hits(result.records), result.ood_coherent, in_domain_rate(result, fcfg.dataset)
-            )
+            out[name][(organism, seed)] = RunNumbers.of(result, fcfg.dataset)
     return out
 
 
@@ -279,13 +276,7 @@ def _arm_entries(
     for name, by_unit in runs.items():
         arm = [by_unit[u] for u in units]
         entry = paired_bootstrap([r.hits for r in arm], [base[u].hits for u in units])
-        ins = [r.in_domain for r in arm]
-        coh = [r.coherent for r in arm if r.coherent is not None]
-        entry.update(
-            coherent_rate=sum(coh) / len(coh) if coh else None,
-            in_domain=None if None in ins else sum(v for v in ins if v is not None) / len(ins),
-            in_domain_per_unit=ins,
-        )
+        entry.update(task_numbers(arm, [base[u] for u in units]))
         if name in cfg.arms:
             entry["overrides"] = cfg.arms[name]
         else:
@@ -386,6 +377,9 @@ def _row(
         "ci": entry.get("ci"),
         "relative_reduction": entry.get("relative_reduction"),
         "relative_reduction_ci": entry.get("relative_reduction_ci"),
+        "em_probability": entry.get("em_probability"),
+        "exact_relative_reduction": (entry.get("exact") or {}).get("relative_reduction"),
+        "exact_relative_reduction_ci": (entry.get("exact") or {}).get("relative_reduction_ci"),
         "coherent_rate": entry.get("coherent_rate"),
         "in_domain": ins,
         "retention_change": None if ins is None or base_in is None else ins - base_in,
@@ -422,17 +416,20 @@ def _markdown(summary: Mapping[str, Any]) -> str:
     lines = [
         f"# Mitigation on `{summary['dataset']}`",
         "",
-        f"Units (organism/seed): {', '.join(section.get('units', []))}. Intervals: paired bootstrap over units.",
+        f"Units (organism/seed): {', '.join(section.get('units', []))}. Intervals: paired bootstrap over units. "
+        "Exact: the organism's harmful-branch probability on the same prompts (no sampling noise).",
         "",
-        "| kind | name | fraction | EM % [95% CI] | rel. reduction % [CI] | coherent | in-domain % | Δ in-domain pp |",
-        "|---|---|---|---|---|---|---|---|",
+        "| kind | name | fraction | EM % [95% CI] | rel. reduction % [CI] | exact EM % | exact rel. reduction % [CI] "
+        "| coherent | in-domain % | Δ in-domain pp |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["table"]:
         fraction = "" if r["fraction"] is None else f"{r['fraction']:g}"
         coherent = "-" if r["coherent_rate"] is None else f"{r['coherent_rate']:.1f}"
         lines.append(
             f"| {r['kind']} | {r['name']} | {fraction} | {_pct(r['misaligned_rate'], r['ci'])} "
-            f"| {_pct(r['relative_reduction'], r['relative_reduction_ci'])} | {coherent} "
+            f"| {_pct(r['relative_reduction'], r['relative_reduction_ci'])} | {_pct(r['em_probability'])} "
+            f"| {_pct(r['exact_relative_reduction'], r['exact_relative_reduction_ci'])} | {coherent} "
             f"| {_pct(r['in_domain'])} | {_pct(r['retention_change'], signed=True)} |"
         )
     matched = matched_view(section)

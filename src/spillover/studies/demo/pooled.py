@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from spillover.studies.filtering_stats import draw_mean_rate, paired_bootstrap
+from spillover.studies.filtering_stats import draw_mean_rate, paired_bootstrap, paired_exact
 
 __all__ = [
     "combine_pvalues",
@@ -102,13 +102,19 @@ def geometry_vs_others(section: Mapping[str, Any]) -> dict[str, Any]:
     """Geometry filtering against each other filter of a filtering section, paired by unit.
 
     ``relative_reduction`` is 1 - EM(geometry) / EM(other) with its paired bootstrap interval: above 0,
-    geometry left less EM than the other filter on the same units.
+    geometry left less EM than the other filter on the same units. Where both entries carry the exact
+    EM probability per unit, ``exact`` is :func:`~spillover.studies.filtering_stats.paired_exact` of
+    geometry against the other filter (``difference`` < 0: geometry left less).
     """
     if not isinstance(section.get("geometry"), Mapping):
         return {}
-    geo = hits_from_entry(section["geometry"])
-    return {
-        m: paired_bootstrap(geo, hits_from_entry(e))
-        for m, e in section.items()
-        if m != "geometry" and isinstance(e, Mapping) and "by_fraction" in e
-    }
+    g = section["geometry"]
+    geo = hits_from_entry(g)
+    out = {}
+    for m, e in section.items():
+        if m == "geometry" or not isinstance(e, Mapping) or "by_fraction" not in e:
+            continue
+        out[m] = paired_bootstrap(geo, hits_from_entry(e))
+        if g.get("em_probability_per_unit") and e.get("em_probability_per_unit"):
+            out[m]["exact"] = paired_exact(g["em_probability_per_unit"], e["em_probability_per_unit"])
+    return out
