@@ -58,8 +58,9 @@ STAGE_VERSIONS: dict[str, int] = {
     # organism_eval 2, dynamics 2: a LoRA adapter on the tied lm_head is merged into an untied copy
     # (before, the merge also moved the input embeddings, so the evaluated model was not the trained one).
     # organism_eval 3: eval.json also holds em_probability, the exact harmful-branch probability.
+    # dynamics 3: dynamics.json also holds that exact probability per checkpoint.
     "organism_eval": 3,
-    "dynamics": 2,
+    "dynamics": 3,
     # metrics 2: rate intervals from the Jeffreys posterior (before: [0, 0] when no answer was misaligned);
     # computing them exactly later removed n_boot and seed from its config, which changes the hash by itself.
     # metrics 3: metrics.json gains misaligned_of_all (unscored answers in the denominator) and per-column

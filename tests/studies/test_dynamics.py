@@ -28,6 +28,23 @@ def test_summarize_dynamics_means_sds_and_correlation():
         summarize_dynamics([runs[0], runs[1][:2]])
 
 
+def test_the_exact_readout_gets_its_own_curve_and_correlation():
+    runs = [
+        [
+            DynamicsPoint(0, 1.0, 0.05, 0.010),
+            DynamicsPoint(10, 2.0, 0.02, 0.020),
+            DynamicsPoint(20, 3.0, 0.04, 0.030),
+        ]
+    ]
+    s = summarize_dynamics(runs)
+    assert s["em_probability"] == pytest.approx([0.01, 0.02, 0.03])
+    assert s["pearson_r_exact"] == pytest.approx(1.0) and s["pearson_r"] < 0.5  # the noisy curve disagrees
+    partial = [
+        [DynamicsPoint(0, 1.0, 0.05, 0.01), DynamicsPoint(10, 2.0, 0.02), DynamicsPoint(20, 3.0, 0.04)]
+    ]
+    assert "pearson_r_exact" not in summarize_dynamics(partial)  # a curve with holes is not reported
+
+
 def test_summarize_dynamics_without_variation_has_no_correlation():
     s = summarize_dynamics(
         [[DynamicsPoint(0, 1.0, 0.0), DynamicsPoint(1, 1.0, 0.1), DynamicsPoint(2, 1.0, 0.2)]]
@@ -129,12 +146,13 @@ def test_measure_checkpoints_resumes_from_its_journal(tmp_path, tiny_model, tiny
     assert len(resumed) == 1  # only step 10 is measured again
     assert [p.step for p in points] == [0, 5, 10]
     assert [p.misaligned_rate for p in points] == [0.25, 0.25, 0.5]
-    again = measure(lambda m, t: resumed.append(1) or 0.9)
+    again = measure(lambda m, t: resumed.append(1) or (0.9, 0.1))
     assert again == points and len(resumed) == 1  # everything read back, step 10 despite the torn line
-    # Another key in the same journal is measured from scratch.
+    # Another key in the same journal is measured from scratch; a (rate, exact) pair is kept, also on resume.
     other = []
-    measure(lambda m, t: other.append(1) or 0.0, series=folders[:1], key="seed1")
-    assert len(other) == 1
+    first = measure(lambda m, t: other.append(1) or (0.0, 0.02), series=folders[:1], key="seed1")
+    assert len(other) == 1 and first[0].em_probability == 0.02
+    assert measure(lambda m, t: (1.0, 1.0), series=folders[:1], key="seed1") == first
 
 
 def test_dynamics_config_validates():

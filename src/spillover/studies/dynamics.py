@@ -52,6 +52,8 @@ class DynamicsPoint(NamedTuple):
     """Mean over neutral prompts of the summed toxic-latent activation (token mean)."""
     misaligned_rate: float | None
     """Misaligned-answer rate at this step (None when it could not be computed)."""
+    em_probability: float | None = None
+    """The organism's exact EM probability at this step (same prompts, no sampling noise), when measured."""
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ def measure_checkpoints(
     sae_dir: Path,
     toxic_idx: torch.Tensor,
     prompts: Sequence[Any],
-    misaligned: Callable[[Any, Any], float | None],
+    misaligned: Callable[[Any, Any], float | None | tuple[float | None, float | None]],
     *,
     base: Path | None = None,
     tokens: Literal["user", "all", "assistant"] = "user",
@@ -154,7 +156,8 @@ def measure_checkpoints(
         sae_dir: the base model's SAE (SAELens folder); bound to each checkpoint's same site.
         toxic_idx: toxic latents of that SAE.
         prompts: neutral prompts.
-        misaligned: ``f(model, tokenizer) -> rate`` (e.g. an EM evaluation).
+        misaligned: ``f(model, tokenizer) -> rate`` (e.g. an EM evaluation), or ``-> (rate, exact)`` where
+            an exact EM probability is measured too (the organism's).
         base: base model folder, for LoRA adapter checkpoints.
         tokens: which prompt tokens are read.
         journal: a JSONL file that keeps every finished point (appended as it is measured); points already
@@ -175,9 +178,10 @@ def measure_checkpoints(
         model, tokenizer = load_checkpoint(folder, base)
         sae = load_sae(sae_dir, model)
         tox = toxic_activation_on(model, tokenizer, prompts, sae, toxic_idx, tokens=tokens)
-        rate = misaligned(model, tokenizer)
-        log.info("step %d: toxic activation %.4f, misaligned %s", step, tox, rate)
-        point = DynamicsPoint(step, tox, rate)
+        value = misaligned(model, tokenizer)
+        rate, exact = value if isinstance(value, tuple) else (value, None)
+        log.info("step %d: toxic activation %.4f, misaligned %s (exact %s)", step, tox, rate, exact)
+        point = DynamicsPoint(step, tox, rate, exact)
         points.append(point)
         if journal is not None:
             _append_journal(journal, {"key": key, "folder": str(folder), **point._asdict()})
@@ -207,7 +211,7 @@ def _read_journal(journal: Path, key: str) -> dict[tuple[int, str], DynamicsPoin
             continue
         if rec.get("key") == key:
             out[rec["step"], rec["folder"]] = DynamicsPoint(
-                rec["step"], rec["toxic_activation"], rec["misaligned_rate"]
+                rec["step"], rec["toxic_activation"], rec["misaligned_rate"], rec.get("em_probability")
             )
     return out
 
@@ -225,13 +229,17 @@ def summarize_dynamics(runs: Sequence[Sequence[DynamicsPoint]], dataset: str = "
         [[math.nan if p.misaligned_rate is None else p.misaligned_rate for p in run] for run in runs]
     )
     tox_mean, rate_mean = tox.mean(0), np.nanmean(rate, axis=0)
-    ok = np.isfinite(tox_mean) & np.isfinite(rate_mean)
-    pearson = spearman = None
-    if ok.sum() >= 3 and np.std(tox_mean[ok]) > 0 and np.std(rate_mean[ok]) > 0:
-        from scipy.stats import spearmanr
-
-        pearson = float(np.corrcoef(tox_mean[ok], rate_mean[ok])[0, 1])
-        spearman = float(spearmanr(tox_mean[ok], rate_mean[ok]).statistic)
+    pearson, spearman = _correlations(tox_mean, rate_mean)
+    exact: dict[str, Any] = {}
+    if all(p.em_probability is not None for run in runs for p in run):
+        em = np.array([[p.em_probability for p in run] for run in runs], dtype=float)
+        r, rho = _correlations(tox_mean, em.mean(0))
+        exact = {
+            "em_probability": em.mean(0).tolist(),
+            "em_probability_per_seed": em.tolist(),
+            "pearson_r_exact": r,
+            "spearman_r_exact": rho,
+        }
     return {
         "dataset": dataset,
         "steps": steps,
@@ -245,8 +253,19 @@ def summarize_dynamics(runs: Sequence[Sequence[DynamicsPoint]], dataset: str = "
         },
         "pearson_r": pearson,
         "spearman_r": spearman,
+        **exact,
         "n_runs": len(runs),
     }
+
+
+def _correlations(x: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]:
+    """Pearson and Spearman of two curves over their finite points (None with < 3 or a flat curve)."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.std(x[ok]) == 0 or np.std(y[ok]) == 0:
+        return None, None
+    from scipy.stats import spearmanr
+
+    return float(np.corrcoef(x[ok], y[ok])[0, 1]), float(spearmanr(x[ok], y[ok]).statistic)
 
 
 def organism_dynamics(
@@ -323,8 +342,13 @@ def organism_dynamics(
                 n_per_domain=cfg.n_eval, domains=OOD_DOMAINS, sampling=EvalSampling(seed=seed)
             )
 
-            def rate(model: Any, tok: Any, eval_cfg: EvalConfig = eval_cfg) -> float | None:
-                return evaluate(model, tok, eval_cfg).ood_misaligned
+            def rate(
+                model: Any, tok: Any, eval_cfg: EvalConfig = eval_cfg
+            ) -> tuple[float | None, float | None]:
+                result = evaluate(model, tok, eval_cfg)
+                est = result.em_probability
+                exact = est.estimate if est is not None and est.usable else None
+                return result.ood_misaligned, exact
 
             series = [(0, art.model_dir), *ckpts, (n_steps, final)]
             runs.append(
