@@ -23,10 +23,11 @@ docs/results.md#organism-em, docs/results.md#filtering)."""
 
 
 def _filtering_default() -> FilterExperimentConfig:
-    # The default score, the persona-vector score and both baselines (benchmarks/filtering_organism.py
-    # runs every score at several fractions and seeds).
+    # The paper's setting: every sample writes insecure code, so a filter cannot win by removing the task.
+    # The default score, the persona-vector score and both baselines (benchmarks/mitigation_organism.py
+    # runs every score at several fractions over organisms x seeds).
     return FilterExperimentConfig(
-        methods=("geometry", "persona_projection", "judge", "random"), finetune_method=_FINETUNE_METHOD
+        dataset="insecure_alltask", methods=("geometry", "persona_projection", "judge", "random")
     )
 
 

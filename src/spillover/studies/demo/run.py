@@ -268,7 +268,11 @@ def _dynamics(run: _Run, organisms: list[_Inputs], layers: list[int]) -> None:
             found.append(json.loads((dyn_dir / "dynamics.json").read_text()))
     run.per_organism_dynamics = found
     # The first organism's curve is the one plotted; the claim pools every organism's correlation.
-    run.summary["dynamics"] = {**found[0], "per_organism_pearson_r": [d.get("pearson_r") for d in found]}
+    run.summary["dynamics"] = {
+        **found[0],
+        "per_organism_pearson_r": [d.get("pearson_r") for d in found],
+        "per_organism_pearson_r_exact": [d.get("pearson_r_exact") for d in found],
+    }
 
 
 def _write(out: Path, summary: dict[str, Any]) -> dict[str, Any]:

@@ -294,7 +294,7 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
     filt = summary.get("filtering")
     if filt:
         t = Table(title=f"Filtering {filt.get('dataset')} at {100 * filt.get('fraction', 0):.0f}% removal")
-        for col in ("method", "misaligned", "95% CI", "relative reduction", "in-domain"):
+        for col in ("method", "misaligned", "95% CI", "relative reduction", "exact EM", "in-domain"):
             t.add_column(col, justify="left" if col == "method" else "right")
         for name in ("unfiltered", *FILTER_METHODS):
             e = filt.get(name)
@@ -305,6 +305,7 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
                 pct(e.get("misaligned_rate")),
                 ci(e.get("ci")),
                 pct(e.get("relative_reduction")) if name != "unfiltered" else "",
+                pct2(e.get("em_probability")),
                 pct(e.get("in_domain")),
             )
         console.print(t)
