@@ -1,7 +1,7 @@
 """Mitigation on the organism, head to head: data filters against the training-time defenses (a)-(f).
 
     .venv/bin/python benchmarks/mitigation_organism.py [--organisms 0,1,2] [--seeds 0,1,2] \\
-        [--dataset insecure_alltask] [--fractions 0.25,0.5] \\
+        [--dataset insecure_alltask] [--fractions 0.1,0.25,0.5,0.75] \\
         [--methods geometry,random,judge,persona_projection] [--defenses all] [--n-eval 100] \\
         [--set defense.kl_beta=0.3] [--root DIR] [--out mitigation_organism.json]
     .venv/bin/python benchmarks/mitigation_organism.py --quick     # a smoke run, ~2 CPU minutes
@@ -69,17 +69,22 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def geometry_vs_random(cfg: Any, runs: Any) -> dict[str, Any]:
-    """Geometry minus random EM at each fraction, paired by unit (difference and ratio intervals)."""
+    """Geometry minus random EM at each fraction, paired by unit: sampled (difference and ratio intervals)
+    and ``exact`` (the exact EM probability, t interval over units)."""
     from spillover.studies.demo.pooled import paired_difference
+    from spillover.studies.filtering_stats import paired_exact
 
     out: dict[str, Any] = {}
     if "geometry" not in cfg.filtering.methods or "random" not in cfg.filtering.methods:
         return out
     units = sorted(runs.unfiltered)
     for f in cfg.filtering.all_fractions:
-        geo = [runs.filtered[("geometry", f)][u].hits for u in units]
-        rnd = [runs.filtered[("random", f)][u].hits for u in units]
-        out[f"{f:g}"] = paired_difference(geo, rnd)
+        geo = [runs.filtered[("geometry", f)][u] for u in units]
+        rnd = [runs.filtered[("random", f)][u] for u in units]
+        out[f"{f:g}"] = paired_difference([r.hits for r in geo], [r.hits for r in rnd])
+        out[f"{f:g}"]["exact"] = paired_exact(
+            [r.em_probability for r in geo], [r.em_probability for r in rnd]
+        )
     return out
 
 
@@ -87,7 +92,8 @@ def print_report(summary: dict[str, Any]) -> None:
     section = summary["filtering"]
     print(f"\n== mitigation on {summary['dataset']}: units {', '.join(section['units'])} ==")
     print(
-        f"{'kind':<11}{'name':<20}{'frac':>5}  {'EM % [95% CI]':<22}{'rel.red. % [CI]':<26}{'coh':>6}{'in-dom %':>9}{'Δ pp':>7}"
+        f"{'kind':<11}{'name':<20}{'frac':>5}  {'EM % [95% CI]':<22}{'rel.red. % [CI]':<26}"
+        f"{'exact %':>8}  {'exact rel.red. % [CI]':<26}{'coh':>6}{'in-dom %':>9}{'Δ pp':>7}"
     )
     for r in summary["table"]:
         frac = "" if r["fraction"] is None else f"{r['fraction']:g}"
@@ -95,14 +101,23 @@ def print_report(summary: dict[str, Any]) -> None:
         delta = "-" if r["retention_change"] is None else f"{100 * r['retention_change']:+.1f}"
         print(
             f"{r['kind']:<11}{r['name']:<20}{frac:>5}  {_pct(r['misaligned_rate'], r['ci']):<22}"
-            f"{_pct(r['relative_reduction'], r['relative_reduction_ci']):<26}{coh:>6}{_pct(r['in_domain']):>9}{delta:>7}"
+            f"{_pct(r['relative_reduction'], r['relative_reduction_ci']):<26}{_pct(r['em_probability']):>8}  "
+            f"{_pct(r['exact_relative_reduction'], r['exact_relative_reduction_ci']):<26}"
+            f"{coh:>6}{_pct(r['in_domain']):>9}{delta:>7}"
         )
     gvr = summary.get("geometry_vs_random", {})
     if gvr:
         print("\ngeometry minus random EM (pp, paired over units):")
         for f, d in gvr.items():
+            ex = d.get("exact") or {}
+            exact = (
+                f"; exact {100 * ex['difference']:+.2f} [{100 * ex['difference_ci'][0]:.2f}, {100 * ex['difference_ci'][1]:.2f}]"
+                if ex.get("difference_ci")
+                else ""
+            )
             print(
-                f"  at {f}: {100 * d['difference']:+.1f} [{100 * d['difference_ci'][0]:.1f}, {100 * d['difference_ci'][1]:.1f}]"
+                f"  at {f}: sampled {100 * d['difference']:+.1f} [{100 * d['difference_ci'][0]:.1f}, "
+                f"{100 * d['difference_ci'][1]:.1f}]{exact}"
             )
     print("\ndefense minus geometry filtering at the defense's retention (pp; < 0: the defense has less EM):")
     for name, entry in summary["arms"].items():
@@ -135,7 +150,7 @@ def main() -> None:
         "--seeds", type=_ints, default=None, help="fine-tuning seeds (default 0,1,2; --quick: 0,1)"
     )
     p.add_argument("--dataset", default="insecure_alltask")
-    p.add_argument("--fractions", default=None, help="default 0.25,0.5 (--quick: 0.5)")
+    p.add_argument("--fractions", default=None, help="default 0.1,0.25,0.5,0.75 (--quick: 0.5)")
     p.add_argument(
         "--methods",
         default=None,
@@ -160,7 +175,7 @@ def main() -> None:
     q = args.quick
     args.organisms = args.organisms or ((0,) if q else (0, 1, 2))
     args.seeds = args.seeds or ((0, 1) if q else (0, 1, 2))
-    args.fractions = args.fractions or ("0.5" if q else "0.25,0.5")
+    args.fractions = args.fractions or ("0.5" if q else "0.1,0.25,0.5,0.75")
     args.methods = args.methods or ("geometry,random" if q else "geometry,random,judge,persona_projection")
     args.n_eval = args.n_eval if args.n_eval is not None else (10 if q else None)
     args.steps = args.steps if args.steps is not None else (20 if q else None)

@@ -110,6 +110,9 @@ def _em_table(summary: Mapping[str, Any]) -> str:
         "kind",
         "misaligned",
         "95% CI",
+        "exact EM",
+        "exact reduction",
+        "95% CI",
         "coherent",
         "in-domain",
         str(geo.get("score_name", "geometry score")),
@@ -151,6 +154,7 @@ def _filter_table(summary: Mapping[str, Any]) -> str:
     for m in methods:
         e = filt[m]
         rr = e.get("relative_reduction")
+        exact = e.get("exact") if isinstance(e.get("exact"), Mapping) else {}
         rows.append(
             [
                 m,
@@ -159,6 +163,9 @@ def _filter_table(summary: Mapping[str, Any]) -> str:
                 _fmt_ci(e.get("ci")),
                 "" if m == "unfiltered" else _fmt_pct(rr),
                 "" if m == "unfiltered" else _fmt_ci(e.get("relative_reduction_ci")),
+                _fmt_pct(e.get("em_probability")),
+                "" if m == "unfiltered" else _fmt_pct(exact.get("relative_reduction")),
+                "" if m == "unfiltered" else _fmt_ci(exact.get("relative_reduction_ci")),
                 _fmt_pct(e.get("coherent_rate")),
                 _fmt_pct(e.get("in_domain")),
                 str(len(e.get("per_seed", []))) if e.get("per_seed") else "",
@@ -172,6 +179,9 @@ def _filter_table(summary: Mapping[str, Any]) -> str:
         "95% CI",
         "relative reduction",
         "95% CI",
+        "exact EM",
+        "exact reduction",
+        "95% CI",
         "coherent",
         "in-domain",
         "seeds",
@@ -180,7 +190,8 @@ def _filter_table(summary: Mapping[str, Any]) -> str:
     intro = (
         f'<p class="meta">Dataset <b>{html.escape(str(filt.get("dataset", "?")))}</b>; every filtered set is '
         "fine-tuned with the same recipe and seeds as the unfiltered one. Relative reduction = "
-        "1 − EM(filtered) / EM(unfiltered); intervals: bootstrap over seeds and answers. "
+        "1 − EM(filtered) / EM(unfiltered); intervals: bootstrap over seeds and answers. Exact: the model "
+        "organism's harmful-branch probability on the same prompts (no sampling noise; interval over units). "
         "Share removed by kind (model organism only): of the samples with strong, weak or no persona evidence "
         "(the dataset's ground-truth labels), the share the filter removed.</p>"
     )
