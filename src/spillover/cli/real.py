@@ -6,6 +6,10 @@ spillover real study --quick --out /tmp/smollm2-quick          # smoke test: tin
 spillover real study --set data.n_per_dataset=100 --set run_dynamics=false --out runs/smollm2-100
 spillover real study --toxic em-responses:misaligned --benign em-responses:aligned --out runs/persona
     # adds the EM persona from real judged answers (--persona alone: these two, the defaults)
+spillover report runs/persona/smollm2_study.json   # the same as HTML (the study writes its Markdown itself)
+
+Writes ``smollm2_study.json`` and, beside it, ``smollm2_study.md``: the geometry tests and, with the
+persona, its validation, topic control, contrasts, shift and literature ranking, each with a plain verdict.
 """
 
 from __future__ import annotations
@@ -102,3 +106,9 @@ def study(
             )
     typer.echo(json.dumps(result.report["timings"]["total"]))
     typer.echo(str(result.path))
+    if result.path is not None:
+        from spillover.report.persona import study_markdown
+
+        markdown = result.path.with_suffix(".md")
+        markdown.write_text(study_markdown(result.report), encoding="utf-8")
+        typer.echo(str(markdown))

@@ -8,6 +8,9 @@
 2. The persona per layer and the datasets against it (``persona_geometry``; seconds, not cached).
 3. ``real-persona-shift`` (``persona_shift.enabled``): LoRA fine-tunes on bad vs good medical advice over
    seeds, read on neutral prompts and fixed answers (``persona_shift``; minutes per fine-tune on a CPU).
+4. The datasets ranked by the risk score against the persona vs the EM rates other models showed after
+   fine-tuning on them (``literature_rates``; a cross-model comparison, seconds). The rates are read
+   before any stage runs, so a malformed judged-answer file fails early.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from spillover.data.chat import Conversation
 from spillover.realmodel.analysis import LayerAnalysis
 from spillover.realmodel.cache import ActivationCache, collect_cache
 from spillover.realmodel.data import resolve_data_files
+from spillover.realmodel.literature_rates import literature_table, rank_against_literature
 from spillover.realmodel.persona_data import PersonaData, assemble_persona
 from spillover.realmodel.persona_geometry import PersonaAnalysis, analyse_persona
 from spillover.realmodel.persona_shift import draw_medical_pairs, run_persona_shift, summarize_shift
@@ -122,6 +126,7 @@ def run_persona(
     ps = cfg.persona
     start = time.perf_counter()
     persona = assemble_persona(tokenizer, ps, cfg.data.data_dir)
+    rates = literature_table(cfg.data.data_dir)
     study.timings["persona_data"] = {"seconds": round(time.perf_counter() - start, 2)}
     dtype = torch.float16 if cfg.cache_dtype == "float16" else torch.float32
 
@@ -150,6 +155,7 @@ def run_persona(
     )
     study.timings["persona_analysis"] = {"seconds": round(time.perf_counter() - start, 2)}
     report = dict(analysis.report)
+    report["literature_ranking"] = rank_against_literature(report["layers"], rates)
     report["shift"] = (
         _shift(study, persona, saes, analysis, question_files) if cfg.persona_shift.enabled else None
     )

@@ -23,6 +23,8 @@ in [0, 1], intervals ``[lo, hi]``:
 * ``verdicts``: list of claims (``claim``, ``measured``, ``interval``, ``verdict``, ``criterion``), shown
   first when present (the demo's; see ``spillover.studies.demo.verdicts``).
 * ``timings``: ``<stage>_s`` seconds. ``notes``: list of strings. ``run``: facts about the run.
+* ``persona``: the SmolLM2 study's EM-persona section (``spillover.report.persona``), shown after the
+  per-dataset results when present; a study's ``smollm2_study.json`` can be given in place of a summary.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from string import Template
 from typing import Any
 
 from spillover.filtering.sets import FILTER_METHODS
+from spillover.report.persona import persona_html
 from spillover.report.plots import FIGURES
 
 __all__ = ["load_summary", "render_report", "write_html_report"]
@@ -249,6 +252,11 @@ def _headline(summary: Mapping[str, Any]) -> str:
     return '<div class="headline">' + " ".join(parts) + "</div>"
 
 
+def _persona(summary: Mapping[str, Any]) -> str:
+    persona = summary.get("persona")
+    return "\n" + persona_html(persona) if isinstance(persona, Mapping) else ""
+
+
 def _figures(summary: Mapping[str, Any]) -> str:
     out = []
     for key, title, fn in FIGURES:
@@ -310,6 +318,7 @@ def render_report(summary: Mapping[str, Any], *, title: str | None = None, sourc
         meta=" · ".join(meta),
         headline=_headline(summary),
         em_table=_em_table(summary),
+        persona=_persona(summary),
         figures=_figures(summary),
         filter_table=_filter_table(summary),
         notes=_notes(summary),
