@@ -171,6 +171,12 @@ def main() -> None:
     )
     p.add_argument("--root", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("mitigation_organism.json"))
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="also write mitigate.md and frontier.png (spillover mitigate's outputs) into this folder",
+    )
     args = p.parse_args()
     q = args.quick
     args.organisms = args.organisms or ((0,) if q else (0, 1, 2))
@@ -205,6 +211,10 @@ def main() -> None:
         json.dumps(summary, indent=2, default=lambda v: v.tolist() if isinstance(v, np.ndarray) else str(v))
     )
     print(f"\nwrote {args.out} ({summary['wall_s']:.0f} s)")
+    if args.report is not None:
+        from spillover.studies.mitigate import write_mitigation
+
+        print("wrote " + ", ".join(str(p) for p in write_mitigation(summary, args.report)))
 
 
 if __name__ == "__main__":

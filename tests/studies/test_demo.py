@@ -84,8 +84,10 @@ def _check_summary(summary: dict, out: Path) -> None:
         == summary["em"]["insecure"]["per_seed"][1]
     )
     assert {v["verdict"] for v in summary["verdicts"]} <= {"held", "not held", "not measured"}
-    assert len(summary["per_organism"]["seed0"]["filtering"]["geometry"]) == 1  # one unit per organism
-    assert len(summary["per_organism"]["seed0"]["filtering"]["geometry"]) == 1  # one unit per organism
+    own = summary["per_organism"]["seed1"]["filtering"]
+    assert own["dataset"] == summary["filtering"]["dataset"]
+    assert len(own["relative_reduction"]["geometry"]) == 1  # one unit per organism
+    assert own["relative_reduction"]["geometry"] == summary["filtering"]["geometry"]["per_seed_reduction"][1:]
     assert any(v["claim"] == "EM: insecure > secure" for v in summary["verdicts"])
     assert json.loads((out / "summary.json").read_text()) == summary
     assert (out / "report.html").read_text().count("data:image/png;base64,") >= 5

@@ -175,13 +175,23 @@ def per_organism(
         label = organism_unit_label(seed, len(organisms))
         mine = [j for j, u in enumerate(units) if not label or u.startswith(f"{label}/")]
         if filtering and mine:
+            methods = {
+                m: e for m, e in filtering.items() if isinstance(e, dict) and "per_seed_reduction" in e
+            }
             entry["filtering"] = {
-                m: [e["per_seed_reduction"][j] for j in mine]
-                for m, e in filtering.items()
-                if isinstance(e, dict) and "per_seed_reduction" in e
+                "dataset": filtering.get("dataset"),
+                "relative_reduction": {
+                    m: [e["per_seed_reduction"][j] for j in mine] for m, e in methods.items()
+                },
+                "em_probability": {
+                    m: [e["em_probability_per_unit"][j] for j in mine]
+                    for m, e in {"unfiltered": filtering.get("unfiltered", {}), **methods}.items()
+                    if e.get("em_probability_per_unit")
+                },
             }
         if i < len(dynamics):
             entry["dynamics_pearson_r"] = dynamics[i].get("pearson_r")
+            entry["dynamics_pearson_r_exact"] = dynamics[i].get("pearson_r_exact")
         out[f"seed{seed}"] = entry
     return out
 
