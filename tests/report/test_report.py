@@ -142,3 +142,15 @@ def test_claims_come_first_with_their_verdicts_escaped(summary):
     assert page.index("Claims") < page.index("EM: a &gt; b") < page.index("x &lt;script&gt;")
     assert "3 organism(s) x 1 fine-tuning seed(s)" in page
     assert ">not held</b>" in page and "<script>" not in page
+
+
+def test_every_table_row_has_the_headers_cells(summary):
+    text = render_report(summary)
+    for table in re.findall(r"<table>.*?</table>", text, flags=re.S):
+        width = table.split("</thead>")[0].count("<th>")
+        rows = re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1], flags=re.S)
+        assert all(row.count("<td>") == width for row in rows), table[:200]
+    from spillover.report.html import _table
+
+    with pytest.raises(ValueError, match="header's 2 cells"):
+        _table(["a", "b"], [["only one"]])

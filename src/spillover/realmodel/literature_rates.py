@@ -92,23 +92,17 @@ class LiteratureRate:
 
 
 PAPER_RATES: tuple[LiteratureRate, ...] = (
-    LiteratureRate(
-        "good_medical",
-        None,
-        "Qwen2.5 / Gemma-2 / Llama-3.1 (the paper's organisms)",
-        "Turner, Soligo et al. 2025, Model Organisms for Emergent Misalignment (arXiv 2506.11613)",
-        "-",
-        _ARXIV_TURNER,
-        _NOT_FOUND,
-    ),
-    LiteratureRate(
-        "risky_financial",
-        None,
-        "Qwen2.5 / Gemma-2 / Llama-3.1 (the paper's organisms)",
-        "Turner, Soligo et al. 2025, Model Organisms for Emergent Misalignment (arXiv 2506.11613)",
-        "-",
-        _ARXIV_TURNER,
-        _NOT_FOUND,
+    *(
+        LiteratureRate(
+            dataset,
+            None,
+            "Qwen2.5 / Gemma-2 / Llama-3.1 (the paper's organisms)",
+            "Turner, Soligo et al. 2025, Model Organisms for Emergent Misalignment (arXiv 2506.11613)",
+            "-",
+            _ARXIV_TURNER,
+            _NOT_FOUND,
+        )
+        for dataset in ("good_medical", "risky_financial")
     ),
     LiteratureRate(
         "jailbroken",

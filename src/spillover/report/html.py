@@ -66,6 +66,9 @@ def _fmt_num(value: Any, digits: int = 3) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    ragged = [row[0] if row else "" for row in rows if len(row) != len(header)]
+    if ragged:
+        raise ValueError(f"table rows {ragged} do not have the header's {len(header)} cells")
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -88,6 +91,7 @@ def _em_table(summary: Mapping[str, Any]) -> str:
                 "",
                 _fmt_pct(baseline.get("misaligned_rate")),
                 _fmt_ci(baseline.get("ci")),
+                _fmt_pct(baseline.get("em_probability")),
                 _fmt_pct(baseline.get("coherent_rate")),
                 _fmt_pct(baseline.get("in_domain")),
                 "",
@@ -103,6 +107,7 @@ def _em_table(summary: Mapping[str, Any]) -> str:
                 "inducing" if inducing else "control" if inducing is not None else "",
                 _fmt_pct(e.get("misaligned_rate")),
                 _fmt_ci(e.get("ci")),
+                _fmt_pct(e.get("em_probability")),
                 _fmt_pct(e.get("coherent_rate")),
                 _fmt_pct(e.get("in_domain")),
                 _fmt_num(g.get("score")),
@@ -114,8 +119,6 @@ def _em_table(summary: Mapping[str, Any]) -> str:
         "misaligned",
         "95% CI",
         "exact EM",
-        "exact reduction",
-        "95% CI",
         "coherent",
         "in-domain",
         str(geo.get("score_name", "geometry score")),
