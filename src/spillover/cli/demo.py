@@ -75,10 +75,9 @@ def demo(
 
     torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per organism load drowns the demo's own lines
-    if (
-        logging.getLogger().level > logging.DEBUG
-    ):  # the demo prints its own steps; `spillover -v demo` keeps the log
-        logging.getLogger("spillover").setLevel(logging.WARNING)
+    if logging.getLogger().level > logging.DEBUG:  # the demo prints its own steps; `spillover -v demo` logs
+        for name in ("spillover", "matplotlib"):  # matplotlib: "generated new fontManager" on a fresh machine
+            logging.getLogger(name).setLevel(logging.WARNING)
     console = Console(stderr=True)
     summary = run_demo(
         cfg, out, root=root, progress=lambda msg: console.print(f"[bold]›[/] {msg}"), workers=workers

@@ -304,8 +304,8 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
     filt = summary.get("filtering")
     if filt:
         t = Table(title=f"Filtering {filt.get('dataset')} at {100 * filt.get('fraction', 0):.0f}% removal")
-        for col in ("method", "misaligned", "95% CI", "relative reduction", "exact EM", "in-domain"):
-            t.add_column(col, justify="left" if col == "method" else "right")
+        for col in ("method", "EM", "95% CI", "reduction", "exact EM", "in-domain"):
+            t.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
         for name in ("unfiltered", *FILTER_METHODS):
             e = filt.get(name)
             if not isinstance(e, dict):
