@@ -1,7 +1,7 @@
 """The demo's headline claims, each with its measurement, its 95% interval and whether it held.
 
 A claim that does not hold is reported as ``not held``, never dropped; one whose step was skipped is
-``not measured``. The criteria are fixed here, before any number is seen:
+``not measured``. The criteria are fixed here, in code, so that every run applies the same ones:
 
 - **EM**: each inducing dataset's misaligned rate exceeds its control's (paired over organism x seed
   units; the interval of the difference excludes 0).
@@ -12,9 +12,10 @@ A claim that does not hold is reported as ``not held``, never dropped; one whose
 - **filtering**: geometry filtering leaves less EM than random removal. Read on the organism's exact EM
   probability (``spillover.organism.em_probability``: the same quantity as the sampled rate without its
   sampling noise, which at a few percent EM swamps a one-point difference): the paired 95% t interval of
-  EM(geometry) - EM(random) over organism x seed units lies below 0. Without the exact readout (an
-  evaluation saved before it), the sampled rate's paired interval of 1 - EM(geometry) / EM(random)
-  must exclude 0. The sampled comparison is always shown beside it.
+  EM(geometry) - EM(random) over organism x seed units lies below 0. Without a usable exact readout on
+  at least 2 units (one unit, an evaluation saved before the estimator, a mostly off-template model), the
+  sampled rate's paired interval of 1 - EM(geometry) / EM(random) must exclude 0. The sampled comparison
+  is always shown beside it.
 - **dynamics**: toxic-feature activation on neutral prompts rises with EM over training (Pearson r > 0
   in every organism; read on the exact EM probability per checkpoint where measured, the sampled rate
   otherwise, both shown).
