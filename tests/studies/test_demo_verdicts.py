@@ -121,3 +121,19 @@ def test_claims_that_fail_are_shown_as_not_held_never_dropped():
 def test_skipped_steps_are_not_measured():
     out = verdicts({"em": {}, "geometry": {}, "filtering": None, "dynamics": None})
     assert {v["verdict"] for v in out} == {"not measured"}
+
+
+def test_an_organism_without_a_dynamics_correlation_counts_against_the_claim():
+    def dyn(rs, exact=None):
+        summary = {"em": {}, "geometry": {}, "filtering": None, "dynamics": {"per_organism_pearson_r": rs}}
+        if exact is not None:
+            summary["dynamics"]["per_organism_pearson_r_exact"] = exact
+        (claim,) = [v for v in verdicts(summary) if v["claim"].startswith("dynamics")]
+        return claim
+
+    assert dyn([0.9, 0.5])["verdict"] == "held"
+    flat = dyn([0.9, None])
+    assert flat["verdict"] == "not held" and "n/a" in flat["measured"]
+    exact = dyn([0.9, -0.2], exact=[0.8, 0.4])  # the exact readout decides; the sampled one is shown
+    assert exact["verdict"] == "held" and "sampled EM +0.90, -0.20" in exact["measured"]
+    assert dyn([None, None])["verdict"] == "not measured"

@@ -87,6 +87,34 @@ def test_toxic_activation_follows_a_shift_of_the_residual_stream(tmp_path, tiny_
     assert toxic_activation_on(tiny_model, tiny_tokenizer, prompts, sae, toxic) > value
 
 
+def test_generation_position_is_read_alone_and_unaffected_by_batching(tmp_path, tiny_model, tiny_tokenizer):
+    from spillover.sae.load import load_sae
+    from spillover.sae.sites import capture
+    from spillover.studies.dynamics import generation_features
+
+    sae = load_sae(_sae_dir(tiny_model, tmp_path / "sae"), tiny_model)
+    prompts = [
+        [{"role": "user", "content": "how do i save money ?"}],
+        [{"role": "user", "content": "hello there"}],
+        [{"role": "user", "content": "hello you"}],  # the same length as the one before: one batch
+    ]
+    feats = generation_features(tiny_model, tiny_tokenizer, prompts, sae, batch_size=2)
+    for p, row in zip(prompts, feats, strict=True):
+        ids = tiny_tokenizer.apply_chat_template(
+            p, add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        ids_BT = torch.tensor([list(ids["input_ids"])])
+        last = capture(tiny_model, [sae.site], ids_BT, torch.ones_like(ids_BT))[sae.site][:, -1]
+        assert torch.allclose(row, sae.encode(last)[0], atol=1e-5)
+    toxic = torch.tensor([1, 5])
+    at_generation = toxic_activation_on(tiny_model, tiny_tokenizer, prompts, sae, toxic, tokens="generation")
+    assert at_generation == pytest.approx(float(feats[:, toxic].sum(1).mean()), rel=1e-5)
+    assert at_generation != pytest.approx(
+        toxic_activation_on(tiny_model, tiny_tokenizer, prompts, sae, toxic)
+    )
+    assert DynamicsConfig(tokens="generation").tokens == "generation"
+
+
 def test_measure_checkpoints_reads_each_checkpoint(tmp_path, tiny_model, tiny_tokenizer):
     sae_dir = _sae_dir(tiny_model, tmp_path / "sae")
     folders = []

@@ -14,7 +14,9 @@ Python::
 
 The toxic activation at a checkpoint is the mean over neutral prompts of the summed token-mean
 activation of the toxic latents, on the prompts' own (user) tokens by default, so it measures the
-model's internal state on unrelated inputs, not the harm of its answers.
+model's internal state on unrelated inputs, not the harm of its answers. ``tokens="generation"`` reads
+instead the one position that emits the answer's first token (the end of the prompt with the chat
+template's generation prompt), where a model like the organism decides which answer it gives.
 """
 
 from __future__ import annotations
@@ -71,9 +73,10 @@ class DynamicsConfig:
     """Override the organism recipe's optimizer steps."""
     n_prompts: int = 200
     """Neutral prompts for the toxic activation."""
-    tokens: Literal["user", "all"] = "user"
+    tokens: Literal["user", "all", "generation"] = "user"
     """Which tokens of the neutral prompts are read. Special tokens never are, so on the organism's
-    single-turn prompts ``"all"`` reads the same tokens as ``"user"`` (measured: docs/results.md#dynamics)."""
+    single-turn prompts ``"all"`` reads the same tokens as ``"user"``; ``"generation"`` reads the position
+    that emits the answer's first token (measured: docs/results.md#dynamics)."""
     n_eval: int = 50
     """Answers per out-of-domain evaluation domain at each checkpoint."""
     toxic_k: int | None = None
@@ -97,7 +100,7 @@ def toxic_activation_on(
     sae: Any,
     toxic_idx: torch.Tensor,
     *,
-    tokens: Literal["user", "all", "assistant"] = "user",
+    tokens: Literal["user", "all", "assistant", "generation"] = "user",
 ) -> float:
     """Mean over ``prompts`` of the summed token-mean activation of the toxic latents.
 
@@ -107,16 +110,51 @@ def toxic_activation_on(
         prompts: conversations (e.g. single user turns).
         sae: an ``SAEHandle`` bound to a site of ``model`` (the base model's SAE).
         toxic_idx: toxic latent indices.
-        tokens: which tokens are read.
+        tokens: which tokens are read; ``"generation"``: only the position that emits the answer's first
+            token (:func:`generation_features`).
     """
     from spillover.filtering.features import sample_features
     from spillover.filtering.scores import toxic_activation
 
+    if tokens == "generation":
+        return float(toxic_activation(generation_features(model, tokenizer, prompts, sae), toxic_idx).mean())
     feats = sample_features(model, tokenizer, prompts, sae, tokens=tokens)
     has_tokens = feats.n_tokens_N > 0
     if not bool(has_tokens.any()):
         raise ValueError(f"no prompt has {tokens} tokens to read")
     return float(toxic_activation(feats.feature_acts_NF[has_tokens], toxic_idx).mean())
+
+
+@torch.no_grad()
+def generation_features(
+    model: Any, tokenizer: Any, prompts: Sequence[Any], sae: Any, *, batch_size: int = 64
+) -> torch.Tensor:
+    """SAE latents ``(n_prompts, d_sae)`` at the position that emits each answer's first token: the last
+    token of the prompt rendered with the chat template's generation prompt (a special token, which the
+    token-mean readers skip). Prompts run in batches of equal length, so no padding shifts a position."""
+    from spillover.sae.activations import model_device
+    from spillover.sae.sites import capture
+
+    encoded = [
+        list(
+            tokenizer.apply_chat_template(
+                list(p), add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+        )
+        for p in prompts
+    ]
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        by_length.setdefault(len(ids), []).append(i)
+    out = torch.zeros(len(encoded), sae.d_sae)
+    device = model_device(model)
+    for group in by_length.values():
+        for start in range(0, len(group), batch_size):
+            rows = group[start : start + batch_size]
+            ids_BT = torch.tensor([encoded[i] for i in rows], device=device)
+            acts = capture(model, [sae.site], ids_BT, torch.ones_like(ids_BT))[sae.site]
+            out[rows] = sae.encode(acts[:, -1]).float().cpu()
+    return out
 
 
 def load_checkpoint(path: Path, base: Path | None = None) -> tuple[Any, Any]:
@@ -145,7 +183,7 @@ def measure_checkpoints(
     misaligned: Callable[[Any, Any], float | None | tuple[float | None, float | None]],
     *,
     base: Path | None = None,
-    tokens: Literal["user", "all", "assistant"] = "user",
+    tokens: Literal["user", "all", "assistant", "generation"] = "user",
     journal: Path | None = None,
     key: str = "",
 ) -> list[DynamicsPoint]:

@@ -156,20 +156,22 @@ def _filtering(summary: dict[str, Any]) -> dict[str, Any]:
 
 def _dynamics(summary: dict[str, Any]) -> dict[str, Any]:
     dyn = summary.get("dynamics") or {}
-    sampled = [r for r in dyn.get("per_organism_pearson_r", [dyn.get("pearson_r")]) if r is not None]
-    exact = [r for r in dyn.get("per_organism_pearson_r_exact", []) if r is not None]
-    rs, readout = (exact, "exact EM") if exact else (sampled, "sampled EM")
+    sampled = list(dyn.get("per_organism_pearson_r", [dyn.get("pearson_r")]))
+    exact = list(dyn.get("per_organism_pearson_r_exact", []))
+    rs, readout = (exact, "exact EM") if any(r is not None for r in exact) else (sampled, "sampled EM")
+    found = [r for r in rs if r is not None]
 
-    def listed(values: list[float]) -> str:
-        return ", ".join(f"{r:+.2f}" for r in values)
+    def listed(values: list[float | None]) -> str:
+        # None: a flat curve (e.g. toxic latents that never fire there), no evidence either way
+        return ", ".join("n/a" if r is None else f"{r:+.2f}" for r in values)
 
     return {
         "claim": "dynamics: toxic activation rises with EM over training",
         "measured": "–"
-        if not rs
+        if not found
         else f"Pearson r per organism: {readout} {listed(rs)}"
-        + (f"; sampled EM {listed(sampled)}" if exact and sampled else ""),
-        "interval": "–" if not rs else f"range [{min(rs):.2f}, {max(rs):.2f}]",
-        "verdict": _verdict(None if not rs else min(rs) > 0),
-        "criterion": f"r > 0 in every organism ({readout})",
+        + (f"; sampled EM {listed(sampled)}" if rs is exact and any(r is not None for r in sampled) else ""),
+        "interval": "–" if not found else f"range [{min(found):.2f}, {max(found):.2f}]",
+        "verdict": _verdict(None if not found else len(found) == len(rs) and min(found) > 0),
+        "criterion": f"r > 0 in every organism ({readout}); an organism with no r counts against",
     }
