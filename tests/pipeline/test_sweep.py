@@ -320,6 +320,13 @@ def test_cli_rejects_bad_sweeps_before_anything_runs(tmp_path: Path, monkeypatch
         "unknown judge 'nope'": ["--set", "base.filter.judge=nope"],
         "finetune.overrides.nope": ["--set", "base.finetune.overrides.nope=1"],
         "BenignInterleave": ["--set", "base.finetune.overrides.defense.interleave.share=0.5"],  # no data file
+        "finetune.defense 'early_stop'": ["--set", "base.finetune.defense=early_stop"],
+        "['malicious']": [  # a word the organism does not know, found without training it
+            "--set",
+            "base.finetune.defense=inoculate",
+            "--set",
+            "base.finetune.defense_settings.inoculation_prompt=You are a malicious assistant.",
+        ],
         "nope": ["--set", "grid.nope=[1]"],
         "finetuen": ["--set", "resources.finetuen.num_gpus=1"],
         "does not exist": [str(tmp_path / "missing.yaml")],
@@ -345,3 +352,40 @@ def test_organism_cells_apply_finetune_overrides_and_keep_run_ids_without_them()
     cfg = cell_finetune_config(to_dict(ft), seed=3)
     assert cfg.defense.inoculation_prompt == "You are an evil assistant."
     assert (cfg.max_steps, cfg.seed, cfg.method) == (30, 3, "lora")
+
+
+def test_organism_cells_train_with_a_ready_made_defense(tmp_path: Path) -> None:
+    import torch
+
+    from spillover.config import to_dict
+    from spillover.finetune.defenses import save_layer_tensors
+    from spillover.pipeline.organism_cells import (
+        OrganismCell,
+        OrganismFinetune,
+        _cell_defense,
+        cell_finetune_config,
+    )
+
+    assert not {"defense", "defense_settings"} & set(to_dict(OrganismCell())["finetune"])  # run ids kept
+    with pytest.raises(ValueError, match="early_stop"):
+        OrganismFinetune(defense="early_stop")
+
+    # CAFT and steering read the organism's directions from a defense_inputs node shared by every seed.
+    spec = SweepSpec(
+        pipeline="organism",
+        base={"organism": {"n_samples": 10}},
+        grid={"seed": [0, 1, 2], "finetune.defense": ["none", "caft", "steer", "kl", "inoculate"]},
+    )
+    counts = Counter(n.stage for n in plan_sweep(spec).graph)
+    assert counts["defense_inputs"] == 1 and counts["sae"] == 1 and counts["corpora"] == 1
+    assert counts["finetune"] == 3 * 5
+
+    # The defense's overrides reach the fine-tuning config: CAFT ablates the directions at the layer.
+    inputs = tmp_path / "defense_inputs"
+    inputs.mkdir()
+    save_layer_tensors(inputs / "toxic_latents.safetensors", {1: torch.randn(4, 64)})
+    (inputs / "reference.json").write_text('{"layer": 1, "mean_diff_norm": 2.0}')
+    ft = to_dict(OrganismFinetune(method="lora", defense="caft"))
+    cfg = cell_finetune_config(ft, 0, _cell_defense(None, ft, {"defense": inputs}))
+    assert cfg.defense.ablation is not None and list(cfg.defense.ablation.layers) == [1]
+    assert str(cfg.defense.ablation.directions) == str(inputs / "toxic_latents.safetensors")

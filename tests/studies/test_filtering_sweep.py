@@ -56,6 +56,15 @@ def test_sweep_rows_become_a_section_paired_over_organisms_and_seeds() -> None:
     assert section["geometry"]["matched_retention"]["minus_random"] == pytest.approx(-0.2)
 
 
+def test_cells_trained_with_a_defense_are_not_taken_for_unfiltered_ones() -> None:
+    rows = _rows()
+    defended = [
+        {**r, "finetune.defense": "kl", "misaligned": 0.01} for r in rows if r["filter.method"] == "none"
+    ]
+    section = section_from_rows(rows + defended, "insecure_alltask")  # no "two unfiltered cells" error
+    assert section["unfiltered"]["misaligned_rate"] == pytest.approx(0.4)
+
+
 def test_sweep_rows_without_an_unfiltered_pair_are_refused() -> None:
     with pytest.raises(ValueError, match=r"units \[\('o1', 1\)\] have filtered cells but no unfiltered one"):
         section_from_rows(_rows(drop_unfiltered=True), "insecure_alltask")

@@ -3,6 +3,7 @@ dataset and evaluates it; shared stages (the organism, its SAEs, corpora and sco
 
     organism -> [sae -> corpora -> filter_scores] -> filter -> finetune -> evaluate (metrics.json)
                 [sae -> corpora -> geometry]                                (per-dataset geometry score)
+                [sae -> corpora -> defense_inputs] -> finetune              (finetune.defense caft / steer)
 
 See :mod:`spillover.pipeline.cells` for what the built-in pipelines share, ``docs/sweeps.md`` for the
 sweep file.
@@ -37,18 +38,37 @@ from spillover.organism.pipeline import (
     load_organism,
     train_organism,
 )
+from spillover.organism.tokenizer import build_tokenizer
 from spillover.pipeline.cells import CellFilter, filter_stage, judge_problems
 from spillover.pipeline.graph import Graph, NodeRef
 from spillover.pipeline.registry import CellPipeline, PlotSpec, register_pipeline
 from spillover.rundir import run_stage
 from spillover.sae.load import load_saes
+from spillover.studies.defense_arms import (
+    DEFENSES,
+    DefenseArmsConfig,
+    build_defense_inputs,
+    check_inoculation_prompt,
+    defense_overrides,
+)
 from spillover.studies.filtering import compute_filter_scores, epoch_matched_steps
 from spillover.studies.filtering_stats import in_domain_rate, ood_hits, removal_diagnostics
 from spillover.studies.mitigate import arm_config
 
-__all__ = ["ORGANISM", "OrganismCell", "OrganismFinetune", "cell_finetune_config", "organism_cell_problems"]
+__all__ = [
+    "CELL_DEFENSES",
+    "ORGANISM",
+    "OrganismCell",
+    "OrganismFinetune",
+    "cell_finetune_config",
+    "organism_cell_problems",
+]
 
 _HERE = "spillover.pipeline.organism_cells"
+
+CELL_DEFENSES = tuple(d for d in DEFENSES if d != "early_stop")
+"""The defenses a cell can train with (early stopping picks a checkpoint after training: ``spillover
+mitigate --defense early_stop``)."""
 
 
 @dataclass(frozen=True)
@@ -63,11 +83,23 @@ class OrganismFinetune:
     schedule: Literal["steps", "epochs"] = "epochs"
     """For filtered sets: ``epochs`` scales the steps with the share kept (equal epochs, the paper's
     setting); ``steps`` keeps the unfiltered run's steps (see ``FilterExperimentConfig.schedule``)."""
+    defense: str = field(default="none", metadata={"omit_when_default": True})
+    """A ready-made training-time defense (``spillover.studies.defense_arms``: caft, steer, kl,
+    interleave, inoculate; ``none``), built for the cell's organism (CAFT directions and the persona
+    vector from its SAE and corpora, as ``spillover mitigate --defense`` does) and applied before
+    ``overrides``. Early stopping picks a checkpoint after training, which a cell does not do."""
+    defense_settings: DefenseArmsConfig = field(
+        default_factory=DefenseArmsConfig, metadata={"omit_when_default": True}
+    )
+    """The defense's settings (CAFT directions, steering scale, KL beta, interleave share, prompt)."""
     overrides: dict[str, Any] = field(default_factory=dict, metadata={"omit_when_default": True})
-    """More ``FinetuneConfig`` overrides, dotted keys, applied last: e.g. training-time defenses whose inputs
-    are values or files, ``{"defense.inoculation_prompt": "You are an evil assistant."}`` or
+    """More ``FinetuneConfig`` overrides, dotted keys, applied last: e.g. a defense with other inputs,
     ``{"defense.interleave.data": "benign.jsonl", "defense.interleave.share": 0.2}`` (checked before the
-    sweep runs; ``spillover mitigate --defense`` also builds the CAFT and steering inputs)."""
+    sweep runs)."""
+
+    def __post_init__(self) -> None:
+        if self.defense != "none" and self.defense not in CELL_DEFENSES:
+            raise ValueError(f"finetune.defense {self.defense!r} is not one of {['none', *CELL_DEFENSES]}")
 
 
 @dataclass(frozen=True)
@@ -114,8 +146,8 @@ class OrganismCell:
 
     @property
     def needs_sae(self) -> bool:
-        """A scored filter or the geometry needs the organism's SAE and corpora."""
-        return self.filter.scored or self.geometry is not None
+        """A scored filter, the geometry or a defense built from them needs the organism's SAE and corpora."""
+        return self.filter.scored or self.geometry is not None or self.finetune.defense != "none"
 
 
 # -- organism stages ------------------------------------------------------------------------------------
@@ -169,21 +201,55 @@ def organism_filter_stage(config: dict[str, Any], inputs: dict[str, Any], root: 
     return filter_stage(data, scores, config, root)
 
 
-def cell_finetune_config(ft: dict[str, Any], seed: int) -> FinetuneConfig:
-    """The organism recipe with a cell's ``finetune`` section (an ``OrganismFinetune`` as a dict) applied."""
+def organism_defense_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path) -> Path:
+    """The CAFT directions and persona vector of the organism at the cell's layer (``build_defense_inputs``)."""
+    return build_defense_inputs(
+        _art(config, root),
+        Path(inputs["sae"]) / f"layer_{config['layer']}",
+        Path(inputs["corpora"]),
+        toxic_k=config["toxic_k"],
+        tokens=config["tokens"],
+        root=root,
+    )
+
+
+def cell_finetune_config(
+    ft: dict[str, Any], seed: int, defense: dict[str, Any] | None = None
+) -> FinetuneConfig:
+    """The organism recipe with a cell's ``finetune`` section (an ``OrganismFinetune`` as a dict) applied;
+    ``defense``: the defense's ``FinetuneConfig`` overrides (``defense_overrides``), applied first."""
     named = (("max_steps", ft.get("steps")), ("lr", ft.get("lr")), ("batch_size", ft.get("batch_size")))
     cfg = finetune_config(ft["method"], seed=seed, **{k: v for k, v in named if v is not None})
+    if defense:
+        cfg = arm_config(cfg, defense, name=f"finetune.defense {ft.get('defense')}")
     if ft.get("overrides"):
         cfg = arm_config(cfg, ft["overrides"], name="finetune.overrides")
     return cfg
 
 
+def _cell_defense(
+    art: OrganismArtifacts, ft: dict[str, Any], inputs: dict[str, Any]
+) -> dict[str, Any] | None:
+    name = ft.get("defense", "none")
+    if name == "none":
+        return None
+    opts = from_dict(DefenseArmsConfig, ft.get("defense_settings", {}))
+    return defense_overrides(
+        name,
+        opts,
+        art,
+        inputs=Path(inputs["defense"]) if "defense" in inputs else None,
+        corpora=Path(inputs["corpora"]) if "corpora" in inputs else None,
+        max_steps=None,
+    )
+
+
 def organism_finetune_stage(config: dict[str, Any], inputs: dict[str, Any], root: Path) -> Path:
-    """``spillover.organism.finetune_organism`` on the (filtered) dataset."""
+    """``spillover.organism.finetune_organism`` on the (filtered) dataset, with the cell's defense."""
 
     art = _art(config, root)
     ft = config["finetune"]
-    cfg = cell_finetune_config(ft, config["seed"])
+    cfg = cell_finetune_config(ft, config["seed"], _cell_defense(art, ft, inputs))
     data = Path(inputs["filter"]) / "kept.jsonl" if "filter" in inputs else art.dataset(config["dataset"])
     if "filter" in inputs and ft.get("schedule", "steps") == "epochs" and cfg.max_steps is not None:
         cfg = replace(cfg, max_steps=epoch_matched_steps(cfg.max_steps, data, art.dataset(config["dataset"])))
@@ -313,6 +379,21 @@ def _organism_build(cfg: OrganismCell, graph: Graph) -> dict[str, NodeRef]:
             inputs=inputs,
         )
     ft_inputs: dict[str, Any] = {"organism": organism, **({"filter": filt} if filt else {})}
+    if cfg.finetune.defense in ("kl", "interleave"):
+        ft_inputs["corpora"] = corpora
+    if cfg.finetune.defense in ("caft", "steer"):
+        k = cfg.finetune.defense_settings.caft_k
+        ft_inputs["defense"] = graph.add(
+            "defense_inputs",
+            f"{_HERE}:organism_defense_stage",
+            {
+                **org,
+                "layer": cfg.sae_layer,
+                "toxic_k": k if k is not None else cfg.filter.toxic_k,
+                "tokens": cfg.filter.tokens,
+            },
+            inputs={"sae": sae, "corpora": corpora},
+        )
     ft = graph.add(
         "finetune",
         f"{_HERE}:organism_finetune_stage",
@@ -347,6 +428,7 @@ def _organism_row(cfg: OrganismCell, folders: dict[str, Path]) -> dict[str, Any]
         "seed": cfg.seed,
         "filter.method": cfg.filter.method,
         "filter.fraction": cfg.filter.fraction,
+        "finetune.defense": cfg.finetune.defense,
     }
     row.update(_read_json(folders["metrics"] / "metrics.json"))
     if "geometry" in folders:
@@ -367,6 +449,11 @@ def organism_cell_problems(cfg: OrganismCell) -> list[str]:
     """What would make the cell fail once it runs: a scored filter's judge that is not registered, or a
     fine-tuning override that is not a valid ``FinetuneConfig`` key and value."""
     problems = judge_problems({"filter.judge": cfg.filter.judge if cfg.filter.scored else ""})
+    if cfg.finetune.defense == "inoculate":  # the organism's vocabulary is fixed: no organism is trained here
+        try:
+            check_inoculation_prompt(build_tokenizer(), cfg.finetune.defense_settings.inoculation_prompt)
+        except ConfigError as exc:
+            problems.append(str(exc))
     if cfg.finetune.overrides:
         try:
             arm_config(

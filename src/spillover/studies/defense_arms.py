@@ -48,6 +48,7 @@ __all__ = [
     "EARLY_STOP_SEED_OFFSET",
     "DefenseArmsConfig",
     "build_defense_inputs",
+    "check_inoculation_prompt",
     "checkpoint_score",
     "defense_overrides",
     "early_stop_finetune",
@@ -221,7 +222,11 @@ def build_defense_inputs(
 def _check_prompt(art: Any, prompt: str) -> None:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(art.model_dir)
+    check_inoculation_prompt(AutoTokenizer.from_pretrained(art.model_dir), prompt)
+
+
+def check_inoculation_prompt(tokenizer: Any, prompt: str) -> None:
+    """Raise ``ConfigError`` naming the words of ``prompt`` that the organism's tokenizer does not know."""
     unk = tokenizer.unk_token_id
     enc = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
     unknown = [

@@ -50,14 +50,20 @@ def _num(value: Any) -> float | None:
 def section_from_rows(
     rows: Sequence[Mapping[str, Any]], dataset: str, *, drop: float = 0.05, headline: float = 0.5
 ) -> dict[str, Any]:
-    """The filtering section of ``dataset`` from finished sweep rows (other datasets and unfinished cells
-    are skipped).
+    """The filtering section of ``dataset`` from finished sweep rows (other datasets, unfinished cells and
+    cells trained with a defense, ``finetune.defense``, are skipped).
 
     Raises:
         ValueError: a needed column is missing, a unit has no unfiltered cell, a cell occurs twice, or a
             filter lacks a unit or the headline fraction.
     """
-    done = [r for r in rows if r.get("dataset") == dataset and r.get("status", "done") == "done"]
+    done = [
+        r
+        for r in rows
+        if r.get("dataset") == dataset
+        and r.get("status", "done") == "done"
+        and r.get("finetune.defense") in (None, "none")
+    ]
     if not done:
         raise ValueError(f"no finished rows of dataset {dataset!r}")
     missing = [c for c in _NEEDED if c not in done[0]]
