@@ -26,13 +26,6 @@ __all__ = ["KLToBase", "ResidualEdits", "training_conversations"]
 log = logging.getLogger(__name__)
 
 
-def _base_module(model: Any) -> nn.Module:
-    """The HF model under a peft wrapper (its decoder blocks are the same module objects)."""
-    get_base = getattr(model, "get_base_model", None)
-    base: nn.Module = get_base() if callable(get_base) else model
-    return base
-
-
 class ResidualEdits:
     """Forward hooks on decoder blocks that edit their output (the residual stream) at every token.
 
@@ -43,9 +36,9 @@ class ResidualEdits:
     """
 
     def __init__(self, model: Any, bases: dict[int, torch.Tensor], shifts: dict[int, torch.Tensor]) -> None:
-        from spillover.sae.sites import decoder_layers
+        from spillover.sae.sites import decoder_layers, unwrap_peft
 
-        _, blocks = decoder_layers(_base_module(model))
+        _, blocks = decoder_layers(unwrap_peft(model))
         self.enabled = True
         self.layers = sorted(set(bases) | set(shifts))
         self._handles = []

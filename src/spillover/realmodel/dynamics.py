@@ -32,6 +32,7 @@ from spillover.generate.sampling import SamplingConfig
 from spillover.geometry.stats import sign_flip_test
 from spillover.sae.activations import TokenSelection, iter_activations
 from spillover.sae.load import SAEHandle
+from spillover.sae.sites import unwrap_peft
 
 __all__ = [
     "DynamicsRecord",
@@ -72,12 +73,6 @@ class DynamicsSettings:
             )
 
 
-def _base(model: Any) -> Any:
-    # LoRA layers are injected into the wrapped model, so its own module paths see the adapter.
-    get = getattr(model, "get_base_model", None)
-    return get() if callable(get) else model
-
-
 @torch.no_grad()
 def latent_means(
     model: Any,
@@ -101,7 +96,7 @@ def latent_means(
     Returns:
         SAE key -> ``(n_samples, d_sae)`` float32 (NaN rows for samples with no selected token).
     """
-    net = _base(model)
+    net = unwrap_peft(model)
     n = len(samples)
     sums = {h.key: torch.zeros(n, h.d_sae) for h in saes}
     counts = torch.zeros(n)

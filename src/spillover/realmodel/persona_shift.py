@@ -40,6 +40,7 @@ from spillover.finetune import FinetuneConfig, finetune
 from spillover.realmodel.persona import PersonaFit
 from spillover.sae.activations import TokenSelection, iter_activations
 from spillover.sae.load import SAEHandle
+from spillover.sae.sites import unwrap_peft
 
 __all__ = ["ARMS", "PersonaShiftSettings", "draw_medical_pairs", "measure_model", "summarize_shift"]
 
@@ -95,11 +96,6 @@ def draw_medical_pairs(
     return {"bad_medical": [bad[i] for i in kept], "good_medical": [good[i] for i in kept]}
 
 
-def _base(model: Any) -> Any:
-    get = getattr(model, "get_base_model", None)
-    return get() if callable(get) else model
-
-
 @torch.no_grad()
 def measure_model(
     model: Any,
@@ -111,7 +107,7 @@ def measure_model(
     batch_size: int = 16,
 ) -> dict[str, torch.Tensor]:
     """Per sample and SAE layer: the mean residual (``resid/<key>``) and mean latent code (``codes/<key>``)."""
-    net = _base(model)
+    net = unwrap_peft(model)
     n = len(samples)
     resid = {h.key: torch.zeros(n, h.d_in, dtype=torch.float64) for h in saes}
     codes = {h.key: torch.zeros(n, h.d_sae) for h in saes}

@@ -33,6 +33,7 @@ __all__ = [
     "site_for_layer",
     "site_from_hook_name",
     "site_from_sae_metadata",
+    "unwrap_peft",
 ]
 
 IO = Literal["input", "output"]
@@ -105,6 +106,13 @@ def resolve_module(model: nn.Module, path: str) -> nn.Module:
         raise SiteError(
             f"module {path!r} does not exist in {type(model).__name__}; modules near it: {close}"
         ) from None
+
+
+def unwrap_peft(model: Any) -> Any:
+    """The HF model under a peft wrapper (its modules are the same objects, with any adapter injected),
+    so module paths resolve as in the base model; any other model as it is."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
 
 
 def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
