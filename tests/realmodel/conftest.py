@@ -99,6 +99,38 @@ def make_data_dir(root: Path, n: int = 60, seed: int = 0) -> Path:
     return root
 
 
+def _tiny_study_sections(model_dir: Path, data_dir: Path) -> dict:
+    """The model, data, SAE and geometry sections of a study small enough for a test on the tiny model."""
+    return {
+        "model": str(model_dir),
+        "layers": [0, 2],
+        "data": {
+            "data_dir": str(data_dir),
+            "n_per_dataset": 8,
+            "n_benign": 8,
+            "n_finetune": 4,
+            "max_len": 60,
+            "finetune_max_len": 60,
+        },
+        "sae": {"d_sae": 64, "k": 4, "training_tokens": 512, "batch_size": 128},
+        "geometry": {
+            "top_k": 5,
+            "toxic_top_k": 5,
+            "n_null": 20,
+            "n_permutations": 200,
+            "n_bootstrap": 20,
+            "n_random_paired": 20,
+            "describe_top": 2,
+        },
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_study_sections():
+    """``f(model_dir, data_dir)``: the model, data, SAE and geometry sections of a tiny study config."""
+    return _tiny_study_sections
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_data_dir(tmp_path_factory.mktemp("em-data"))

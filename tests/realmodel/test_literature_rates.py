@@ -134,7 +134,7 @@ def test_ranking_uses_the_persona_cosine_as_risk_and_only_rated_datasets():
 
 
 def test_study_report_carries_the_literature_ranking_and_the_cli_writes_it_as_markdown(
-    tiny_model_dir, persona_data_dir, tmp_path
+    tiny_model_dir, persona_data_dir, tiny_study_sections, tmp_path
 ):
     import yaml
     from typer.testing import CliRunner
@@ -144,19 +144,7 @@ def test_study_report_carries_the_literature_ranking_and_the_cli_writes_it_as_ma
     from spillover.realmodel import load_study_config
 
     cfg = load_study_config(
-        {
-            "model": str(tiny_model_dir),
-            "layers": [0, 2],
-            "data": {"data_dir": str(persona_data_dir), "n_per_dataset": 8, "n_benign": 8, "n_finetune": 4},
-            "sae": {"d_sae": 64, "k": 4, "training_tokens": 512, "batch_size": 128},
-            "geometry": {
-                "top_k": 5,
-                "toxic_top_k": 5,
-                "n_null": 20,
-                "n_permutations": 200,
-                "n_bootstrap": 20,
-            },
-        },
+        tiny_study_sections(tiny_model_dir, persona_data_dir),
         [
             "run_dynamics=false",
             "self_answers.enabled=false",

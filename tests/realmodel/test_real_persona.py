@@ -166,32 +166,11 @@ def test_balanced_difference_weights_each_question_equally():
 
 
 def test_study_with_the_persona_reports_it_per_layer_and_reuses_its_activations(
-    tiny_model_dir, persona_data_dir, tmp_path, monkeypatch
+    tiny_model_dir, persona_data_dir, tiny_study_sections, tmp_path, monkeypatch
 ):
     from spillover.realmodel import load_study_config, run_study
 
-    base = {
-        "model": str(tiny_model_dir),
-        "layers": [0, 2],
-        "data": {
-            "data_dir": str(persona_data_dir),
-            "n_per_dataset": 8,
-            "n_benign": 8,
-            "n_finetune": 4,
-            "max_len": 60,
-            "finetune_max_len": 60,
-        },
-        "sae": {"d_sae": 64, "k": 4, "training_tokens": 512, "batch_size": 128},
-        "geometry": {
-            "top_k": 5,
-            "toxic_top_k": 5,
-            "n_null": 20,
-            "n_permutations": 200,
-            "n_bootstrap": 20,
-            "n_random_paired": 20,
-            "describe_top": 2,
-        },
-    }
+    base = tiny_study_sections(tiny_model_dir, persona_data_dir)
     overrides = [
         "run_dynamics=false",
         "self_answers.enabled=false",

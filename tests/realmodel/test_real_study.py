@@ -11,30 +11,11 @@ from spillover.realmodel import StudyConfig, load_study_config, run_study
 from spillover.realmodel.contrasts import CONTRASTS
 
 
-def _tiny_config(model_dir, data_dir) -> StudyConfig:
+def _tiny_config(model_dir, data_dir, tiny_study_sections) -> StudyConfig:
     return load_study_config(
         {
-            "model": str(model_dir),
-            "layers": [0, 2],
-            "data": {
-                "data_dir": str(data_dir),
-                "n_per_dataset": 8,
-                "n_benign": 8,
-                "n_finetune": 4,
-                "max_len": 60,
-                "finetune_max_len": 60,
-            },
+            **tiny_study_sections(model_dir, data_dir),
             "self_answers": {"sampling": {"max_new_tokens": 6}},
-            "sae": {"d_sae": 64, "k": 4, "training_tokens": 512, "batch_size": 128},
-            "geometry": {
-                "top_k": 5,
-                "toxic_top_k": 5,
-                "n_null": 20,
-                "n_permutations": 200,
-                "n_bootstrap": 20,
-                "n_random_paired": 20,
-                "describe_top": 2,
-            },
             "finetune": {
                 "max_steps": 2,
                 "batch_size": 2,
@@ -52,9 +33,9 @@ def _finite_p(value: float) -> bool:
 
 
 def test_study_runs_end_to_end_on_a_tiny_model_and_reuses_its_stages(
-    tiny_model_dir, data_dir, tmp_path, monkeypatch
+    tiny_model_dir, data_dir, tiny_study_sections, tmp_path, monkeypatch
 ):
-    cfg = _tiny_config(tiny_model_dir, data_dir)
+    cfg = _tiny_config(tiny_model_dir, data_dir, tiny_study_sections)
     result = run_study(cfg, out_dir=tmp_path / "out", root=tmp_path / "runs")
     report = json.loads(result.path.read_text())  # strict JSON (no NaN)
     assert set(report["layers"]) == {"layer_0", "layer_2"}
@@ -102,8 +83,10 @@ def _no_model_loading(monkeypatch):
     monkeypatch.setattr("spillover.models.load_model", boom)
 
 
-def test_layers_beyond_a_local_model_fail_before_it_loads(tiny_model_dir, data_dir, tmp_path, monkeypatch):
-    cfg = _tiny_config(tiny_model_dir, data_dir)
+def test_layers_beyond_a_local_model_fail_before_it_loads(
+    tiny_model_dir, data_dir, tiny_study_sections, tmp_path, monkeypatch
+):
+    cfg = _tiny_config(tiny_model_dir, data_dir, tiny_study_sections)
     from dataclasses import replace
 
     _no_model_loading(monkeypatch)

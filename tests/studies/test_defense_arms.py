@@ -177,20 +177,10 @@ def test_early_stop_finetune_evaluates_the_chosen_checkpoint(
     assert 0.0 <= score <= 1.0
 
 
-def test_mitigate_cli_rejects_a_bad_defense_before_training(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+@pytest.mark.usefixtures("no_training")
+def test_mitigate_cli_rejects_a_bad_defense_before_training(tmp_path: Path) -> None:
     from spillover.cli import app
 
-    def boom(*args: object, **kwargs: object) -> None:
-        raise AssertionError("training started before the options were checked")
-
-    for target in (
-        "spillover.organism.pipeline.train_organism",
-        "spillover.organism.pipeline.finetune_organism",
-        "spillover.organism.inputs.train_organism_saes",
-    ):
-        monkeypatch.setattr(target, boom)
     for args, named in (
         (["--defense", "cfat"], "unknown defenses ['cfat']"),
         (["--defense", "kl", "--set", "defense.kl_beta=0"], "kl_beta must be a finite number > 0"),

@@ -117,18 +117,6 @@ def test_arms_are_compared_with_each_filter_at_the_arms_retention(tmp_path: Path
     assert written[2].read_bytes()[:4] == b"\x89PNG"
 
 
-def _no_training(monkeypatch: pytest.MonkeyPatch) -> None:
-    def boom(*args: object, **kwargs: object) -> None:
-        raise AssertionError("training started before the options were checked")
-
-    for target in (
-        "spillover.organism.pipeline.train_organism",
-        "spillover.organism.pipeline.finetune_organism",
-        "spillover.organism.inputs.train_organism_saes",
-    ):
-        monkeypatch.setattr(target, boom)
-
-
 @pytest.mark.parametrize(
     ("args", "named"),
     [
@@ -143,12 +131,10 @@ def _no_training(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--set", "filtering.nope=1"], "filtering.nope"),
     ],
 )
-def test_mitigate_cli_fails_fast_on_bad_options(
-    args: list[str], named: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+@pytest.mark.usefixtures("no_training")
+def test_mitigate_cli_fails_fast_on_bad_options(args: list[str], named: str, tmp_path: Path) -> None:
     from spillover.cli import app
 
-    _no_training(monkeypatch)
     out = tmp_path / "out"
     result = CliRunner().invoke(
         app, ["mitigate", "--quick", "--out", str(out), "--root", str(tmp_path / "runs"), *args]
