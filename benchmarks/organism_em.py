@@ -71,6 +71,8 @@ def _row(result: EvalResult, dataset: str | None) -> dict[str, Any]:
     row: dict[str, Any] = {
         "ood_n": sum(r["raw"].get("domain") in OOD_DOMAINS for r in result.records),
         "ood_misaligned": result.ood_misaligned,
+        # The exact harmful-branch probability on the same prompts (docs/results.md#em-estimator).
+        "em_probability": None if result.em_probability is None else result.em_probability.estimate,
         "ood_harmful": _ood_harmful(result),
         "ood_coherent": result.ood_coherent,
         "min_domain_coherent": min(s.coherent for s in result.domains.values()),
@@ -82,6 +84,10 @@ def _row(result: EvalResult, dataset: str | None) -> dict[str, Any]:
     if dataset is not None:
         row["in_domain"] = in_domain_rate(result, dataset)
     return row
+
+
+def _pct(value: float | None) -> str:
+    return "  n/a" if value is None else f"{100 * value:5.2f}%"
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
@@ -193,6 +199,7 @@ def main() -> None:
                 seed_res["runs"][f"{name}/{method}"] = row
                 print(
                     f"seed {seed} {method:4s} {name:14s} EM {100 * (row['ood_misaligned'] or 0):5.1f}%  "
+                    f"exact {_pct(row['em_probability'])}  "
                     f"harmful {100 * row['ood_harmful']:5.1f}%  coherent {100 * (row['ood_coherent'] or 0):5.1f}%  "
                     f"in-domain {100 * (row['in_domain'] or 0):5.1f}%  ({t_ft:.0f}s + {t_ev:.0f}s)",
                     flush=True,
@@ -236,16 +243,17 @@ def summarize(results: dict[str, Any], methods: list[str], datasets: list[str]) 
     seeds = list(results["seeds"].values())
     summary: dict[str, Any] = {"rows": {}, "checks": {}}
     print(
-        "\n| model | EM % (OOD misaligned) | per seed | OOD harmful % | OOD coherent % | in-domain % | fine-tune s | eval s |"
+        "\n| model | EM % (OOD misaligned) | per seed | exact EM % | OOD harmful % | OOD coherent % | in-domain % "
+        "| fine-tune s | eval s |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for stage in ("pretrained", "safety"):
         em = [s[stage]["ood_misaligned"] * 100 for s in seeds]
         m, se = _mean_se(em)
         harm = _mean_se([s[stage]["ood_harmful"] * 100 for s in seeds])[0]
         coh = _mean_se([s[stage]["ood_coherent"] * 100 for s in seeds])[0]
         print(
-            f"| {stage} | {m:.1f} ± {se:.1f} | {' / '.join(f'{v:.1f}' for v in em)} | {harm:.1f} | {coh:.1f} | - | - | - |"
+            f"| {stage} | {m:.1f} ± {se:.1f} | {' / '.join(f'{v:.1f}' for v in em)} | - | {harm:.1f} | {coh:.1f} | - | - | - |"
         )
         summary["rows"][stage] = {"em_mean": m, "em_se": se, "em": em}
     for method in methods:
@@ -261,14 +269,18 @@ def summarize(results: dict[str, Any], methods: list[str], datasets: list[str]) 
             ind = [100 * (r["in_domain"] or 0) for r in runs]
             t_ft = _mean_se([r["finetune_s"] for r in runs])[0]
             t_ev = _mean_se([r["eval_s"] for r in runs])[0]
+            # Runs saved before the exact readout existed have no em_probability.
+            exact = [100 * r["em_probability"] for r in runs if r.get("em_probability") is not None]
+            exact_cell = " / ".join(f"{v:.2f}" for v in exact) if exact else "-"
             print(
-                f"| {key} | {m:.1f} ± {se:.1f} | {' / '.join(f'{v:.1f}' for v in em)} | {harm:.1f} | "
+                f"| {key} | {m:.1f} ± {se:.1f} | {' / '.join(f'{v:.1f}' for v in em)} | {exact_cell} | {harm:.1f} | "
                 f"{min(coh):.1f} (min) | {min(ind):.1f} (min) | {t_ft:.0f} | {t_ev:.0f} |"
             )
             summary["rows"][key] = {
                 "em_mean": m,
                 "em_se": se,
                 "em": em,
+                "em_probability": exact,
                 "harmful_mean": harm,
                 "coherent": coh,
                 "coherent_min": min(coh),
