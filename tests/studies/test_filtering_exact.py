@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from spillover.studies.demo.pooled import geometry_vs_others
+from spillover.studies.demo.summary import filtering_readout_note, summary_notes
 from spillover.studies.demo.verdicts import verdicts
 from spillover.studies.filtering import FilterExperimentConfig, FilterRuns, RunNumbers, filter_section
 from spillover.studies.filtering_stats import paired_exact
@@ -97,3 +98,20 @@ def test_without_the_exact_readout_the_verdict_falls_back_to_the_sampled_rate() 
     assert "exact" not in section["geometry_vs"]["random"]
     (claim,) = [v for v in verdicts({"filtering": section}) if v["claim"].startswith("filtering")]
     assert claim["verdict"] == "not held" and "exact" not in claim["criterion"]
+
+
+def test_a_note_says_why_the_two_readouts_disagree_and_nothing_when_they_agree() -> None:
+    # exact: geometry clearly below random; sampled: the same hits in every arm, an interval at 0
+    split = {"filtering": _section([0.030, 0.031, 0.029], [0.040, 0.042, 0.041], [0.042, 0.043, 0.041])}
+    note = filtering_readout_note(split)
+    assert note is not None
+    assert "exact EM difference clears 0" in note and "does not." in note
+    # the half-width is computed from the random arm: 4 of 100 answers -> 1.96 * sqrt(.04 * .96 / 100)
+    assert "about 3.8 pp (100 answers at 4.0%)" in note and "1.10 pp" in note
+    assert note in summary_notes(split)
+
+    agree = {"filtering": _section([0.030, 0.045, 0.036], [0.040, 0.033, 0.041], [0.042, 0.043, 0.041])}
+    assert filtering_readout_note(agree) is None  # neither readout clears 0
+    no_exact = {"filtering": _section([0.030, 0.031, 0.029], None, [0.042, 0.043, 0.041])}
+    assert filtering_readout_note(no_exact) is None
+    assert filtering_readout_note({"filtering": None}) is None

@@ -8,6 +8,7 @@ from spillover.filtering.sets import FILTER_METHODS
 
 __all__ = [
     "clean_nans",
+    "filtering_readout_note",
     "geometry_section",
     "organism_unit_label",
     "per_organism",
@@ -196,6 +197,42 @@ def per_organism(
     return out
 
 
+def filtering_readout_note(summary: dict[str, Any]) -> str | None:
+    """A sentence when the filtering claim's two readouts disagree (None when they agree or one is missing).
+
+    The verdict reads the exact EM probability; the sampled rate is printed beside it. When only one of
+    their paired intervals clears 0, a newcomer sees "held" next to an interval that spans 0, so this says
+    why: the binomial half-width of one fine-tune's sampled rate (at the random arm's rate and answer count)
+    against the measured difference, and how to add units.
+    """
+    filt = summary.get("filtering") or {}
+    rnd = filt.get("geometry_vs", {}).get("random") or {}
+    exact = rnd.get("exact") or {}
+    if not exact.get("difference_ci") or not rnd.get("relative_reduction_ci"):
+        return None
+    exact_held = exact["difference_ci"][1] < 0
+    sampled_held = rnd["relative_reduction_ci"][0] > 0
+    if exact_held == sampled_held:
+        return None
+    arm = filt.get("random") or {}
+    rate, answers = arm.get("misaligned_rate"), arm.get("n_answers") or []
+    noise = ""
+    if rate is not None and answers:
+        n = sum(answers) / len(answers)
+        half = 1.96 * (rate * (1 - rate) / n) ** 0.5
+        noise = (
+            f" One fine-tune's sampled rate has a 95% half-width of about {100 * half:.1f} pp "
+            f"({n:.0f} answers at {100 * rate:.1f}%), against a difference of {100 * abs(exact['difference']):.2f} pp."
+        )
+    lo, hi = rnd["relative_reduction_ci"]
+    return (
+        f"Filtering readouts disagree over {exact.get('n_units')} units: the exact EM difference "
+        f"{'clears' if exact_held else 'does not clear'} 0, the sampled interval of the relative reduction "
+        f"[{100 * lo:+.0f}%, {100 * hi:+.0f}%] {'does' if sampled_held else 'does not'}.{noise} "
+        "More units narrow the sampled interval: --seeds 0,1,2 (fine-tuning seeds) or --organisms 0,1,2,3,4."
+    )
+
+
 def summary_notes(summary: dict[str, Any]) -> list[str]:
     """Plain statements computed from the numbers (no claim the numbers do not support)."""
     notes = []
@@ -229,6 +266,9 @@ def summary_notes(summary: dict[str, Any]) -> list[str]:
             )
             + " (95% intervals; the paper reports a 34.5% reduction for geometry at 50%, most likely relative)."
         )
+    readout = filtering_readout_note(summary)
+    if readout:
+        notes.append(readout)
     for name, cmp in summary.get("run", {}).get("retrained_vs_shipped", {}).items():
         notes.append(
             f"Retrained organism vs the shipped {name}: "
@@ -330,6 +370,9 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
             style = {"held": "green", "not held": "red"}.get(v["verdict"], "yellow")
             t.add_row(v["claim"], v["measured"], v["interval"], f"[{style}]{v['verdict']}[/]")
         console.print(t)
+        readout = filtering_readout_note(summary)
+        if readout:
+            console.print(readout)
     timings = summary.get("timings", {})
     if timings:
         console.print("time: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f}s" for k, v in timings.items()))
