@@ -191,9 +191,23 @@ def test_killed_ray_sweep_resumes_only_unfinished_cells(ray_address: str, tmp_pa
     assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = {stage: complete(stage) for stage in ("score", "train", "metrics")}
+
+    def snapshot() -> tuple[dict[str, set[str]], int]:
+        trace = tmp_path / "trace.txt"
+        lines = len(trace.read_text().splitlines()) if trace.exists() else 0
+        return {stage: complete(stage) for stage in ("score", "train", "metrics")}, lines
+
+    # The Ray workers are not in the driver's process group: a task already running finishes (or is
+    # reaped by the raylet) a moment after the kill. Wait until nothing changes for 2 s (each toy stage
+    # sleeps 0.3 s) so that the snapshot holds what the resumed sweep will find.
+    before, n_lines = snapshot()
+    quiet_since, deadline = time.time(), time.time() + 30
+    while time.time() - quiet_since < 2.0 and time.time() < deadline:
+        time.sleep(0.2)
+        now = snapshot()
+        if now != (before, n_lines):
+            (before, n_lines), quiet_since = now, time.time()
     assert 2 <= len(before["metrics"]) < 8, "the sweep should have been killed part-way"
-    n_lines = len((tmp_path / "trace.txt").read_text().splitlines())
 
     result = run_sweep(spec, RayExecutor(), root=root, out=tmp_path / "out")
     assert set(result.table["status"]) == {"done"}
