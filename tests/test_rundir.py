@@ -170,3 +170,20 @@ def test_a_concurrent_run_keeps_its_temp_folder_while_another_run_of_the_stage_s
     run_stage("s", {"outer": 1}, outer, root=tmp_path)
     assert outer_tmp[0] in seen[0]
     assert all(is_complete(p) for p in (tmp_path / "s").iterdir())
+
+
+def test_a_run_finished_by_another_process_meanwhile_is_kept_not_replaced(tmp_path: Path) -> None:
+    def writer(text: str) -> Callable[[Path], None]:
+        return lambda out: (out / "result.txt").write_text(text)
+
+    def outer(out: Path) -> None:
+        (out / "result.txt").write_text("outer")
+        # Another process runs the very same stage to the end while this one is still writing.
+        run_stage("s", {"a": 1}, writer("inner"), root=tmp_path)
+
+    final = run_stage("s", {"a": 1}, outer, root=tmp_path)
+    assert (final / "result.txt").read_text() == "inner"  # a reader of the first copy never saw it vanish
+    assert [p.name for p in (tmp_path / "s").iterdir()] == [final.name]  # no temp folder left
+    # A forced recompute still replaces a finished folder.
+    run_stage("s", {"a": 1}, writer("forced"), root=tmp_path, force=True)
+    assert (final / "result.txt").read_text() == "forced"

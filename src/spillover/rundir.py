@@ -301,6 +301,12 @@ def run_stage(
         # A forced recompute gets a token, so downstream stages see new outputs (see fingerprint).
         token = f" {uuid.uuid4().hex[:12]}" if recomputed else ""
         (tmp / COMPLETE_MARKER).write_text(f"{rid}{token}\n")
+        if is_complete(final) and not recomputed and not force:
+            # Another process finished the same run meanwhile (same inputs, same outputs): keep its
+            # folder, which a reader may be using, and drop this one.
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.info("stage %s: %s was finished by another process meanwhile; reusing it", name, final)
+            return final
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -186,7 +186,9 @@ def test_workers_compute_every_fine_tune_before_the_sequential_pass(tmp_path, mo
     # The spawned workers do not see this patch: every fine-tune ran there, none in this process.
     assert calls == []
     assert any(line.startswith("running") and "2 worker processes" in line for line in lines)
-    assert any(line == "done: filtering (organism 1)" for line in lines)
+    assert "done: filter scores (organism 1)" in lines
+    assert any(line.startswith("done: filtering geometry") and "(organism 1)" in line for line in lines)
+    assert "done: training dynamics (organism 1)" in lines
     _check_summary(summary, tmp_path / "out")
 
 

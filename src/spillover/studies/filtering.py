@@ -38,7 +38,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -56,18 +56,26 @@ from spillover.studies.filtering_stats import (
     task_numbers,
 )
 
+if TYPE_CHECKING:
+    from spillover.finetune import FinetuneConfig
+
 __all__ = [
     "PAPER_FRACTIONS",
+    "FilterArm",
     "FilterExperimentConfig",
     "FilterRuns",
     "RunNumbers",
     "Unit",
+    "arm_finetune_config",
     "collect_filter_runs",
     "compute_filter_scores",
     "epoch_matched_steps",
+    "filter_arms",
     "filter_section",
+    "filter_sets",
     "matched_view",
     "merge_filter_runs",
+    "run_filter_arm",
     "run_filter_experiment",
     "unit_name",
     "write_filter_sets",
@@ -307,6 +315,96 @@ def merge_filter_runs(runs: Sequence[FilterRuns]) -> FilterRuns:
     return out
 
 
+@dataclass(frozen=True)
+class FilterArm:
+    """One fine-tune of a filtering experiment: the unfiltered set or one filtered set, with one seed."""
+
+    label: str
+    """``unfiltered seed 0``, ``geometry 0.5 seed 0``, ..."""
+    data: Path
+    seed: int
+    key: tuple[str, float] | None
+    """(method, fraction), or None for the unfiltered set."""
+
+
+def filter_sets(
+    art: Any,
+    sae_dir: Path | None,
+    cfg: FilterExperimentConfig,
+    *,
+    toxic: Path | None = None,
+    benign: Path | None = None,
+    root: str | Path | None = None,
+) -> tuple[Path, Path] | None:
+    """Score the organism's dataset and write every filtered set (cached); (scores_dir, sets_dir).
+
+    None when ``cfg.methods`` is empty (unfiltered runs only). Args: as :func:`collect_filter_runs`.
+    """
+    if not cfg.methods:
+        return None
+    if sae_dir is None:
+        raise ValueError(f"filters {list(cfg.methods)} need the organism's SAE (sae_dir)")
+    data = art.dataset(cfg.dataset)
+    scores_dir = compute_filter_scores(
+        art.model_dir,
+        sae_dir,
+        data,
+        toxic or art.data_dir / "reference" / "toxic.jsonl",
+        benign or art.data_dir / "reference" / "benign.jsonl",
+        judge=cfg.judge if "judge" in cfg.methods else "",
+        toxic_k=cfg.toxic_k,
+        tokens=cfg.score_tokens,
+        root=root,
+    )
+    sets_dir = write_filter_sets(
+        data, scores_dir, methods=cfg.methods, fractions=cfg.all_fractions, seeds=cfg.seeds, root=root
+    )
+    return scores_dir, sets_dir
+
+
+def filter_arms(art: Any, cfg: FilterExperimentConfig, sets_dir: Path | None) -> list[FilterArm]:
+    """Every fine-tune the experiment runs, in order: unfiltered per seed, then method x fraction x seed."""
+    arms = [FilterArm(f"unfiltered seed {s}", art.dataset(cfg.dataset), s, None) for s in cfg.seeds]
+    for method in cfg.methods:
+        if sets_dir is None:
+            raise ValueError(f"filter {method!r} needs the filtered sets (filter_sets)")
+        for fraction in cfg.all_fractions:
+            for s in cfg.seeds:
+                folder = sets_dir / set_name(method, fraction, s if method == "random" else None)
+                arms.append(
+                    FilterArm(f"{method} {fraction:g} seed {s}", folder / "kept.jsonl", s, (method, fraction))
+                )
+    return arms
+
+
+def arm_finetune_config(art: Any, arm: FilterArm, cfg: FilterExperimentConfig) -> FinetuneConfig:
+    """The fine-tuning recipe of one arm: ``cfg``'s method and seed, its steps scaled to the arm's set
+    under ``schedule="epochs"``."""
+    from spillover.organism.pipeline import finetune_config
+
+    ft_cfg = finetune_config(cfg.finetune_method, seed=arm.seed)
+    if cfg.finetune_steps is not None:
+        ft_cfg = replace(ft_cfg, max_steps=cfg.finetune_steps)
+    if cfg.schedule == "epochs" and ft_cfg.max_steps is not None:
+        ft_cfg = replace(
+            ft_cfg, max_steps=epoch_matched_steps(ft_cfg.max_steps, arm.data, art.dataset(cfg.dataset))
+        )
+    return ft_cfg
+
+
+def run_filter_arm(
+    art: Any, arm: FilterArm, cfg: FilterExperimentConfig, root: str | Path | None = None
+) -> RunNumbers:
+    """Fine-tune and evaluate one arm (both cached stages); its numbers."""
+    from spillover.organism.pipeline import evaluate_organism, finetune_organism
+
+    ft = finetune_organism(art, arm.data, cfg.finetune_method, arm_finetune_config(art, arm, cfg), root=root)
+    result = evaluate_organism(
+        ft, replace(cfg.eval, sampling=replace(cfg.eval.sampling, seed=arm.seed)), root=root
+    )
+    return RunNumbers.of(result, cfg.dataset)
+
+
 def collect_filter_runs(
     art: Any,
     sae_dir: Path | None,
@@ -325,58 +423,28 @@ def collect_filter_runs(
         organism: the label of this organism in the pairing units (several organisms need distinct ones).
         Others: as :func:`run_filter_experiment`.
     """
-    from spillover.organism.pipeline import evaluate_organism, finetune_config, finetune_organism
-
     data = art.dataset(cfg.dataset)
     out = FilterRuns(cfg.dataset)
     out.meta[organism] = {"n_samples": sum(1 for line in data.read_text().splitlines() if line.strip())}
+    dirs = filter_sets(art, sae_dir, cfg, toxic=toxic, benign=benign, root=root)
     sets_dir = None
-    if cfg.methods:
-        if sae_dir is None:
-            raise ValueError(f"filters {list(cfg.methods)} need the organism's SAE (sae_dir)")
-        toxic = toxic or art.data_dir / "reference" / "toxic.jsonl"
-        benign = benign or art.data_dir / "reference" / "benign.jsonl"
-        scores_dir = compute_filter_scores(
-            art.model_dir,
-            sae_dir,
-            data,
-            toxic,
-            benign,
-            judge=cfg.judge if "judge" in cfg.methods else "",
-            toxic_k=cfg.toxic_k,
-            tokens=cfg.score_tokens,
-            root=root,
-        )
-        sets_dir = write_filter_sets(
-            data, scores_dir, methods=cfg.methods, fractions=cfg.all_fractions, seeds=cfg.seeds, root=root
-        )
+    if dirs is not None:
+        scores_dir, sets_dir = dirs
         out.meta[organism].update(scores_dir=str(scores_dir), sets_dir=str(sets_dir))
     prefix = f"{organism} " if organism else ""
-
-    def run(path: Path, seed: int, label: str) -> RunNumbers:
+    for arm in filter_arms(art, cfg, sets_dir):
         if on_run is not None:
-            on_run(prefix + label)
-        ft_cfg = finetune_config(cfg.finetune_method, seed=seed)
-        if cfg.finetune_steps is not None:
-            ft_cfg = replace(ft_cfg, max_steps=cfg.finetune_steps)
-        if cfg.schedule == "epochs" and ft_cfg.max_steps is not None:
-            ft_cfg = replace(ft_cfg, max_steps=epoch_matched_steps(ft_cfg.max_steps, path, data))
-        ft = finetune_organism(art, path, cfg.finetune_method, ft_cfg, root=root)
-        result = evaluate_organism(
-            ft, replace(cfg.eval, sampling=replace(cfg.eval.sampling, seed=seed)), root=root
-        )
-        return RunNumbers.of(result, cfg.dataset)
-
-    out.unfiltered = {(organism, s): run(data, s, f"unfiltered seed {s}") for s in cfg.seeds}
+            on_run(prefix + arm.label)
+        numbers = run_filter_arm(art, arm, cfg, root)
+        unit = (organism, arm.seed)
+        if arm.key is None:
+            out.unfiltered[unit] = numbers
+        else:
+            out.filtered.setdefault(arm.key, {})[unit] = numbers
     labels = art.labels(cfg.dataset)
     for method in cfg.methods:
         assert sets_dir is not None
         for fraction in cfg.all_fractions:
-            by_unit: dict[Unit, RunNumbers] = {}
-            for s in cfg.seeds:
-                folder = sets_dir / set_name(method, fraction, s if method == "random" else None)
-                by_unit[(organism, s)] = run(folder / "kept.jsonl", s, f"{method} {fraction:g} seed {s}")
-            out.filtered[(method, fraction)] = by_unit
             first = sets_dir / set_name(method, fraction, cfg.seeds[0] if method == "random" else None)
             out.removed[(method, fraction)] = {
                 # what was removed (round(fraction * n) / n), not the fraction asked for

@@ -1,26 +1,98 @@
 """Compute the demo's independent stages in worker processes, so the sequential pass only reads caches.
 
 The organism is tiny, so one fine-tune uses two torch threads poorly, and two one-thread processes side
-by side get more done (measured: docs/results.md#demo-timing). With
-``workers`` > 1, :func:`prefetch` runs the geometry reports, the EM fine-tunes and evaluations and the
-filtering runs as separate jobs on that many one-thread processes; every job is a cached run directory
-(``spillover.rundir.run_stage`` writes each atomically), so ``run_demo``'s own pass afterwards finds them
-finished and only assembles the summary. A failed job raises with its label; the jobs that finished stay
-cached, so a rerun resumes.
+by side get more done (measured: docs/results.md#demo-timing). With ``workers`` > 1, :func:`prefetch`
+runs every organism's geometry report, EM fine-tunes and evaluations, each filtering fine-tune, the
+dynamics and the spillover measurement as separate jobs on that many one-thread processes.
+
+Jobs are small (one fine-tune and its evaluation at most) and :func:`run_jobs` starts the longest ready
+job first, so that no worker idles at the end while another finishes a long one. Every job is a cached
+run directory (``spillover.rundir.run_stage`` writes each atomically), so ``run_demo``'s own pass
+afterwards finds them finished and only assembles the summary. A failed job raises with its label; the
+jobs that finished stay cached, so a rerun resumes.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from spillover.studies.demo.config import DemoConfig
 
-__all__ = ["prefetch", "risk_layer"]
+__all__ = ["Job", "prefetch", "risk_layer", "run_jobs"]
+
+# One-thread seconds of the demo's jobs on the shipped organisms (a cold run's stage manifests,
+# docs/results.md#demo-timing). They only order the jobs, longest first.
+_STEP_S = 0.06  # one fine-tuning step, LoRA or full (LoRA 120 steps ~7 s, full 240 steps ~14 s)
+_EVAL_S = 2.0  # one evaluation (sampled answers and the exact readout)
+_GEOMETRY_S = 17.0
+_SETS_S = 3.0  # filter scores and the filtered sets
+_SMALL_S = 4.0  # dynamics, spillover
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work for :func:`run_jobs`."""
+
+    label: str
+    """Unique; progress lines and errors name it."""
+    fn: Callable[..., Any]
+    """Run in a worker process: a module-level function (it is pickled)."""
+    args: tuple[Any, ...]
+    cost: float
+    """Estimated seconds of this job and of the longest chain it unlocks; among the ready jobs, the
+    costliest starts first."""
+    after: tuple[str, ...] = ()
+    """Labels of jobs that must finish before this one starts."""
+    then: Callable[[Any], Sequence[Job]] | None = None
+    """Called in the parent with this job's result: the jobs it unlocks."""
+
+
+def run_jobs(jobs: Iterable[Job], pool: Executor, workers: int, say: Callable[[str], None]) -> dict[str, Any]:
+    """Run ``jobs`` (and those they unlock) on ``pool``, at most ``workers`` at a time; results by label.
+
+    Raises:
+        ValueError: two jobs share a label, or a job waits on a label that never finishes.
+        RuntimeError: a job failed (its label and error; the finished jobs' results are lost, their
+            cached stages are not).
+    """
+    waiting: list[Job] = []
+    seen: set[str] = set()
+
+    def add(new: Iterable[Job]) -> None:
+        for job in new:
+            if job.label in seen:
+                raise ValueError(f"two demo jobs are labelled {job.label!r}")
+            seen.add(job.label)
+            waiting.append(job)
+
+    add(jobs)
+    done: dict[str, Any] = {}
+    running: dict[Future[Any], Job] = {}
+    while waiting or running:
+        ready = [j for j in waiting if all(a in done for a in j.after)]
+        for job in sorted(ready, key=lambda j: -j.cost)[: workers - len(running)]:
+            waiting.remove(job)
+            running[pool.submit(job.fn, *job.args)] = job
+        if not running:
+            missing = sorted({a for j in waiting for a in j.after if a not in seen})
+            raise ValueError(f"demo jobs {[j.label for j in waiting]} wait on jobs that never run: {missing}")
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            job = running.pop(future)
+            try:
+                result = future.result()
+            except Exception as exc:
+                raise RuntimeError(f"demo job {job.label!r} failed: {exc}") from exc
+            done[job.label] = result
+            say(f"done: {job.label}")
+            if job.then is not None:
+                add(job.then(result))
+    return done
 
 
 def risk_layer(report: dict[str, Any]) -> int:
@@ -56,24 +128,164 @@ def _em_job(art: Any, name: str, seed: int, cfg: DemoConfig, root: Path) -> None
     em_run(art, name, seed, cfg, root)
 
 
-def _filtering_job(inputs: Any, layer: int, cfg: DemoConfig, root: Path) -> None:
-    from spillover.studies.filtering import collect_filter_runs
+def _filter_sets_job(inputs: Any, layer: int, cfg: DemoConfig, root: Path) -> list[Any]:
+    """Score and filter one organism's dataset; the filtered arms to fine-tune (one per distinct set)."""
+    from spillover.studies.filtering import filter_arms, filter_sets
 
-    assert cfg.filtering is not None
-    collect_filter_runs(
+    fcfg = _filter_cfg(cfg)
+    dirs = filter_sets(
         inputs.art,
         inputs.sae_root / f"layer_{layer}",
-        replace(cfg.filtering, seeds=cfg.seeds),
+        fcfg,
+        toxic=inputs.corpora / "toxic.jsonl",
+        benign=inputs.corpora / "benign.jsonl",
+        root=root,
+    )
+    arms, seen = [], set()
+    for arm in filter_arms(inputs.art, fcfg, dirs[1] if dirs else None):
+        same = (arm.seed, arm.data.read_bytes())
+        # Sets that keep the same samples share one fine-tune stage per seed (the unfiltered arms,
+        # which come first, are jobs already): run each once, so no two workers write one stage.
+        if arm.key is not None and same not in seen:
+            arms.append(arm)
+        seen.add(same)
+    return arms
+
+
+def _filter_arm_job(art: Any, arm: Any, cfg: DemoConfig, root: Path) -> None:
+    from spillover.studies.filtering import run_filter_arm
+
+    run_filter_arm(art, arm, _filter_cfg(cfg), root)
+
+
+def _dynamics_job(inputs: Any, layer: int, cfg: DemoConfig, root: Path) -> None:
+    from spillover.studies.dynamics import organism_dynamics
+
+    assert cfg.dynamics is not None
+    organism_dynamics(
+        inputs.art,
+        inputs.sae_root / f"layer_{layer}",
+        replace(cfg.dynamics, seeds=cfg.seeds),
         toxic=inputs.corpora / "toxic.jsonl",
         benign=inputs.corpora / "benign.jsonl",
         root=root,
     )
 
 
+def _spillover_job(inputs: Any, layer: int, cfg: DemoConfig, root: Path) -> None:
+    from spillover.studies.demo.stages import spillover_stage
+
+    assert cfg.spillover is not None
+    spillover_stage(inputs.art, inputs.sae_root, inputs.corpora, cfg.spillover, layer, root)
+
+
+def _filter_cfg(cfg: DemoConfig) -> Any:
+    assert cfg.filtering is not None
+    return replace(cfg.filtering, seeds=cfg.seeds)
+
+
+def _finetune_cost(ft_cfg: Any) -> float:
+    return _EVAL_S + _STEP_S * (ft_cfg.max_steps or 0)
+
+
+def _em_cost(cfg: DemoConfig) -> float:
+    from spillover.organism.pipeline import finetune_config
+
+    ft_cfg = finetune_config(cfg.finetune_method)
+    return _finetune_cost(
+        ft_cfg if cfg.finetune_steps is None else replace(ft_cfg, max_steps=cfg.finetune_steps)
+    )
+
+
+def _arm_job(o: Any, arm: Any, cfg: DemoConfig, root: Path) -> Job:
+    from spillover.studies.filtering import arm_finetune_config
+
+    cost = _finetune_cost(arm_finetune_config(o.art, arm, _filter_cfg(cfg)))
+    label = f"filtering {arm.label} (organism {o.art.config.seed})"
+    return Job(label, _filter_arm_job, (o.art, arm, cfg, root), cost)
+
+
+def demo_jobs(organisms: Sequence[Any], cfg: DemoConfig, root: Path) -> list[Job]:
+    """Every job of the demo on ``organisms`` that can start now; the rest follow from their results."""
+    jobs: list[Job] = []
+    em_cost = _em_cost(cfg)
+    for i, o in enumerate(organisms):
+        tag = f"organism {o.art.config.seed}"
+        then = _after_geometry(o, cfg, root, i == 0)
+        cost = _GEOMETRY_S + max((j.cost for j in then(0)), default=0.0)  # the layer does not change costs
+        jobs.append(Job(f"geometry ({tag})", _geometry_job, (o, cfg, root), cost, then=then))
+        jobs.append(Job(f"EM before fine-tuning ({tag})", _baseline_job, (o.art, cfg, root), _EVAL_S))
+        for name in cfg.em_datasets:
+            for seed in cfg.seeds:
+                label = f"fine-tune {name} ({tag}, seed {seed})"
+                jobs.append(Job(label, _em_job, (o.art, name, seed, cfg, root), em_cost))
+        if cfg.filtering is not None:
+            from spillover.studies.filtering import filter_arms
+
+            # The unfiltered fine-tunes need no filter scores: they start now.
+            jobs += [
+                _arm_job(o, arm, cfg, root)
+                for arm in filter_arms(o.art, replace(_filter_cfg(cfg), methods=()), None)
+            ]
+    return jobs
+
+
+def _after_geometry(o: Any, cfg: DemoConfig, root: Path, first: bool) -> Callable[[int], list[Job]]:
+    """The jobs that read the organism's SAE at its risk layer, which its geometry report names."""
+    tag = f"organism {o.art.config.seed}"
+
+    def then(layer: int) -> list[Job]:
+        jobs = []
+        if cfg.filtering is not None:
+            from spillover.studies.filtering import filter_arms
+
+            # Ranked by the chain it unlocks (its longest fine-tune is at most an unfiltered one), so
+            # the filtered fine-tunes do not all wait until the EM fine-tunes are done.
+            unfiltered = filter_arms(o.art, replace(_filter_cfg(cfg), methods=()), None)
+            cost = _SETS_S + max((_arm_job(o, a, cfg, root).cost for a in unfiltered), default=0.0)
+            jobs.append(
+                Job(
+                    f"filter scores ({tag})",
+                    _filter_sets_job,
+                    (o, layer, cfg, root),
+                    cost,
+                    then=_arm_jobs(o, cfg, root),
+                )
+            )
+        if cfg.dynamics is not None:
+            # It reuses the EM fine-tunes of its dataset (same stage), so it waits for them.
+            after = tuple(f"fine-tune {cfg.dynamics.dataset} ({tag}, seed {s})" for s in cfg.seeds)
+            after = after if cfg.dynamics.dataset in cfg.em_datasets else ()
+            jobs.append(
+                Job(f"training dynamics ({tag})", _dynamics_job, (o, layer, cfg, root), _SMALL_S, after)
+            )
+        if first and cfg.spillover is not None:
+            jobs.append(
+                Job(f"spillover measurement ({tag})", _spillover_job, (o, layer, cfg, root), _SMALL_S)
+            )
+        return jobs
+
+    return then
+
+
+def _arm_jobs(o: Any, cfg: DemoConfig, root: Path) -> Callable[[list[Any]], list[Job]]:
+    return lambda arms: [_arm_job(o, arm, cfg, root) for arm in arms]
+
+
+def _n_jobs(organisms: Sequence[Any], cfg: DemoConfig) -> int:
+    """How many jobs the demo runs (filtered sets that coincide run once, so it may run fewer)."""
+    per = 2 + len(cfg.em_datasets) * len(cfg.seeds) + (cfg.dynamics is not None)
+    if cfg.filtering is not None:
+        fcfg = _filter_cfg(cfg)
+        per += 1 + len(cfg.seeds) * (1 + len(fcfg.methods) * len(fcfg.all_fractions))
+    return len(organisms) * per + (cfg.spillover is not None)
+
+
 def prefetch(
     organisms: Sequence[Any], cfg: DemoConfig, root: Path, workers: int, say: Callable[[str], None]
 ) -> None:
-    """Run every organism's geometry, EM and filtering stages on ``workers`` one-thread processes.
+    """Run every organism's geometry, EM, filtering, dynamics and spillover stages on ``workers``
+    one-thread processes.
 
     Args:
         organisms: the demo's organisms (``art``, ``sae_root``, ``corpora`` each).
@@ -84,43 +296,9 @@ def prefetch(
     """
     import multiprocessing
 
-    labels: dict[Future[Any], str] = {}
+    jobs = demo_jobs(organisms, cfg, root)
+    say(f"running {_n_jobs(organisms, cfg)} jobs on {workers} worker processes (one torch thread each)")
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
     ) as pool:
-
-        def submit(label: str, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-            future = pool.submit(fn, *args)
-            labels[future] = label
-            return future
-
-        geometry = {
-            submit(f"geometry (organism {o.art.config.seed})", _geometry_job, o, cfg, root): o
-            for o in organisms
-        }
-        for o in organisms:
-            submit(f"EM before fine-tuning (organism {o.art.config.seed})", _baseline_job, o.art, cfg, root)
-        for name in cfg.em_datasets:
-            for o in organisms:
-                for seed in cfg.seeds:
-                    label = f"fine-tune {name} (organism {o.art.config.seed}, seed {seed})"
-                    submit(label, _em_job, o.art, name, seed, cfg, root)
-        n_jobs = len(labels) + (len(organisms) if cfg.filtering is not None else 0)
-        say(f"running {n_jobs} jobs on {workers} worker processes (one torch thread each)")
-        pending = set(labels)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                result = _result(future, labels)
-                say(f"done: {labels[future]}")
-                o = geometry.get(future)
-                if o is not None and cfg.filtering is not None:
-                    label = f"filtering (organism {o.art.config.seed})"
-                    pending.add(submit(label, _filtering_job, o, result, cfg, root))
-
-
-def _result(future: Future[Any], labels: dict[Future[Any], str]) -> Any:
-    try:
-        return future.result()
-    except Exception as exc:
-        raise RuntimeError(f"demo job {labels[future]!r} failed: {exc}") from exc
+        run_jobs(jobs, pool, workers, say)
