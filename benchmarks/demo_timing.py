@@ -57,6 +57,7 @@ def run(name: str, args: list[str], home: Path, out: Path, threads: int) -> dict
         "budget_s": BUDGETS[name],
         "ratio_to_budget": round(wall / BUDGETS[name], 2),
         "stages_s": summary["timings"],
+        "worker_s": summary.get("worker_time_s", {}),
         "load_avg_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
     }
     print(
@@ -66,6 +67,8 @@ def run(name: str, args: list[str], home: Path, out: Path, threads: int) -> dict
     print(
         "   stages: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f}s" for k, v in summary["timings"].items())
     )
+    if result["worker_s"]:
+        print("   in the workers: " + ", ".join(f"{k} {v:.0f}s" for k, v in result["worker_s"].items()))
     return result
 
 

@@ -154,3 +154,10 @@ def test_every_table_row_has_the_headers_cells(summary):
 
     with pytest.raises(ValueError, match="header's 2 cells"):
         _table(["a", "b"], [["only one"]])
+
+
+def test_worker_time_is_listed_beside_the_stages_wall_times(summary):
+    summary["worker_time_s"] = {"fine-tune (EM)": 151.25, "geometry": 49.5}
+    text = render_report(summary)
+    assert "in the workers: fine-tune (EM)" in text and "in the workers: geometry" in text
+    assert "No timings recorded" not in text

@@ -189,6 +189,9 @@ def test_workers_compute_every_fine_tune_before_the_sequential_pass(tmp_path, mo
     assert "done: filter scores (organism 1)" in lines
     assert any(line.startswith("done: filtering geometry") and "(organism 1)" in line for line in lines)
     assert "done: training dynamics (organism 1)" in lines
+    assert {"geometry", "fine-tune (EM)", "fine-tune (filtering)", "dynamics"} <= set(
+        summary["worker_time_s"]
+    )
     _check_summary(summary, tmp_path / "out")
 
 

@@ -23,8 +23,8 @@ def _fail(label: str) -> None:
     raise OSError(f"disk full while {label}")
 
 
-def _job(label: str, cost: float, after: tuple[str, ...] = (), then=None) -> Job:
-    return Job(label, _record, (label,), cost, after, then)
+def _job(label: str, cost: float, after: tuple[str, ...] = (), then=None, kind: str = "record") -> Job:
+    return Job(label, kind, _record, (label,), cost, after, then)
 
 
 @pytest.fixture(autouse=True)
@@ -33,11 +33,17 @@ def _clear() -> None:
 
 
 def test_the_costliest_ready_job_starts_first_and_dependencies_wait() -> None:
-    jobs = [_job("small", 1), _job("after big", 9, after=("big",)), _job("big", 5), _job("medium", 3)]
+    jobs = [
+        _job("small", 1),
+        _job("after big", 9, after=("big",)),
+        _job("big", 5),
+        _job("medium", 3, kind="m"),
+    ]
     with ThreadPoolExecutor(1) as pool:
-        results = run_jobs(jobs, pool, 1, lambda _: None)
+        done = run_jobs(jobs, pool, 1, lambda _: None)
     assert _started == ["big", "after big", "medium", "small"]
-    assert results == {label: label.upper() for label in _started}
+    assert done.results == {label: label.upper() for label in _started}
+    assert set(done.seconds) == {"record", "m"} and all(s >= 0 for s in done.seconds.values())
 
 
 def test_a_finished_job_unlocks_the_jobs_its_result_names() -> None:
@@ -46,7 +52,7 @@ def test_a_finished_job_unlocks_the_jobs_its_result_names() -> None:
 
     lines: list[str] = []
     with ThreadPoolExecutor(2) as pool:
-        results = run_jobs([_job("parent", 2, then=unlock), _job("other", 1)], pool, 2, lines.append)
+        results = run_jobs([_job("parent", 2, then=unlock), _job("other", 1)], pool, 2, lines.append).results
     assert set(results) == {"parent", "other", "PARENT child 0", "PARENT child 1"}
     assert _started.index("parent") < _started.index("PARENT child 0")
     assert sorted(lines) == sorted(f"done: {label}" for label in results)
@@ -54,7 +60,7 @@ def test_a_finished_job_unlocks_the_jobs_its_result_names() -> None:
 
 def test_a_failed_job_is_named_and_jobs_that_depend_on_it_never_start() -> None:
     jobs = [
-        Job("write the cache", _fail, ("writing",), 2),
+        Job("write the cache", "write", _fail, ("writing",), 2),
         _job("read the cache", 1, after=("write the cache",)),
     ]
     with (

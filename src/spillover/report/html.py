@@ -22,7 +22,8 @@ in [0, 1], intervals ``[lo, hi]``:
   ``pearson_r``.
 * ``verdicts``: list of claims (``claim``, ``measured``, ``interval``, ``verdict``, ``criterion``), shown
   first when present (the demo's; see ``spillover.studies.demo.verdicts``).
-* ``timings``: ``<stage>_s`` seconds. ``notes``: list of strings. ``run``: facts about the run.
+* ``timings``: ``<stage>_s`` seconds; ``worker_time_s``: seconds by kind of job in worker processes.
+  ``notes``: list of strings. ``run``: facts about the run.
 * ``persona``: the SmolLM2 study's EM-persona section (``spillover.report.persona``), shown after the
   per-dataset results when present; a study's ``smollm2_study.json`` can be given in place of a summary.
 """
@@ -285,6 +286,10 @@ def _timings(summary: Mapping[str, Any]) -> str:
     if not isinstance(t, Mapping) or not t:
         return '<p class="missing">No timings recorded.</p>'
     rows = [[str(k).removesuffix("_s"), _fmt_num(v, 1) + " s"] for k, v in t.items()]
+    workers = summary.get("worker_time_s")
+    if isinstance(workers, Mapping):
+        # Summed over the worker processes, so together more than the parallel stage's wall time.
+        rows += [[f"in the workers: {k}", _fmt_num(v, 1) + " s"] for k, v in workers.items()]
     return _table(["stage", "wall time"], rows)
 
 

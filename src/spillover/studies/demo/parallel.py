@@ -15,6 +15,7 @@ jobs that finished stay cached, so a rerun resumes.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
@@ -23,7 +24,7 @@ from typing import Any
 
 from spillover.studies.demo.config import DemoConfig
 
-__all__ = ["Job", "prefetch", "risk_layer", "run_jobs"]
+__all__ = ["Job", "JobsDone", "prefetch", "risk_layer", "run_jobs"]
 
 # One-thread seconds of the demo's jobs on the shipped organisms (a cold run's stage manifests,
 # docs/results.md#demo-timing). They only order the jobs, longest first.
@@ -40,6 +41,8 @@ class Job:
 
     label: str
     """Unique; progress lines and errors name it."""
+    kind: str
+    """What the job is (``fine-tune (EM)``, ``geometry``, ...): worker time is summed by kind."""
     fn: Callable[..., Any]
     """Run in a worker process: a module-level function (it is pickled)."""
     args: tuple[Any, ...]
@@ -52,8 +55,23 @@ class Job:
     """Called in the parent with this job's result: the jobs it unlocks."""
 
 
-def run_jobs(jobs: Iterable[Job], pool: Executor, workers: int, say: Callable[[str], None]) -> dict[str, Any]:
-    """Run ``jobs`` (and those they unlock) on ``pool``, at most ``workers`` at a time; results by label.
+@dataclass
+class JobsDone:
+    """What :func:`run_jobs` returns."""
+
+    results: dict[str, Any]
+    """Each job's result, by label."""
+    seconds: dict[str, float]
+    """Worker wall time summed by job kind (the jobs' own time, without waiting in the queue)."""
+
+
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    return fn(*args), time.perf_counter() - start
+
+
+def run_jobs(jobs: Iterable[Job], pool: Executor, workers: int, say: Callable[[str], None]) -> JobsDone:
+    """Run ``jobs`` (and those they unlock) on ``pool``, at most ``workers`` at a time.
 
     Raises:
         ValueError: two jobs share a label, or a job waits on a label that never finishes.
@@ -71,13 +89,13 @@ def run_jobs(jobs: Iterable[Job], pool: Executor, workers: int, say: Callable[[s
             waiting.append(job)
 
     add(jobs)
-    done: dict[str, Any] = {}
+    out = JobsDone({}, {})
     running: dict[Future[Any], Job] = {}
     while waiting or running:
-        ready = [j for j in waiting if all(a in done for a in j.after)]
+        ready = [j for j in waiting if all(a in out.results for a in j.after)]
         for job in sorted(ready, key=lambda j: -j.cost)[: workers - len(running)]:
             waiting.remove(job)
-            running[pool.submit(job.fn, *job.args)] = job
+            running[pool.submit(_timed, job.fn, *job.args)] = job
         if not running:
             missing = sorted({a for j in waiting for a in j.after if a not in seen})
             raise ValueError(f"demo jobs {[j.label for j in waiting]} wait on jobs that never run: {missing}")
@@ -85,14 +103,15 @@ def run_jobs(jobs: Iterable[Job], pool: Executor, workers: int, say: Callable[[s
         for future in finished:
             job = running.pop(future)
             try:
-                result = future.result()
+                result, seconds = future.result()
             except Exception as exc:
                 raise RuntimeError(f"demo job {job.label!r} failed: {exc}") from exc
-            done[job.label] = result
+            out.results[job.label] = result
+            out.seconds[job.kind] = out.seconds.get(job.kind, 0.0) + seconds
             say(f"done: {job.label}")
             if job.then is not None:
                 add(job.then(result))
-    return done
+    return out
 
 
 def risk_layer(report: dict[str, Any]) -> int:
@@ -202,7 +221,7 @@ def _arm_job(o: Any, arm: Any, cfg: DemoConfig, root: Path) -> Job:
 
     cost = _finetune_cost(arm_finetune_config(o.art, arm, _filter_cfg(cfg)))
     label = f"filtering {arm.label} (organism {o.art.config.seed})"
-    return Job(label, _filter_arm_job, (o.art, arm, cfg, root), cost)
+    return Job(label, "fine-tune (filtering)", _filter_arm_job, (o.art, arm, cfg, root), cost)
 
 
 def demo_jobs(organisms: Sequence[Any], cfg: DemoConfig, root: Path) -> list[Job]:
@@ -213,12 +232,20 @@ def demo_jobs(organisms: Sequence[Any], cfg: DemoConfig, root: Path) -> list[Job
         tag = f"organism {o.art.config.seed}"
         then = _after_geometry(o, cfg, root, i == 0)
         cost = _GEOMETRY_S + max((j.cost for j in then(0)), default=0.0)  # the layer does not change costs
-        jobs.append(Job(f"geometry ({tag})", _geometry_job, (o, cfg, root), cost, then=then))
-        jobs.append(Job(f"EM before fine-tuning ({tag})", _baseline_job, (o.art, cfg, root), _EVAL_S))
+        jobs.append(Job(f"geometry ({tag})", "geometry", _geometry_job, (o, cfg, root), cost, then=then))
+        jobs.append(
+            Job(
+                f"EM before fine-tuning ({tag})",
+                "evaluation (base)",
+                _baseline_job,
+                (o.art, cfg, root),
+                _EVAL_S,
+            )
+        )
         for name in cfg.em_datasets:
             for seed in cfg.seeds:
                 label = f"fine-tune {name} ({tag}, seed {seed})"
-                jobs.append(Job(label, _em_job, (o.art, name, seed, cfg, root), em_cost))
+                jobs.append(Job(label, "fine-tune (EM)", _em_job, (o.art, name, seed, cfg, root), em_cost))
         if cfg.filtering is not None:
             from spillover.studies.filtering import filter_arms
 
@@ -246,6 +273,7 @@ def _after_geometry(o: Any, cfg: DemoConfig, root: Path, first: bool) -> Callabl
             jobs.append(
                 Job(
                     f"filter scores ({tag})",
+                    "filter scores",
                     _filter_sets_job,
                     (o, layer, cfg, root),
                     cost,
@@ -257,11 +285,24 @@ def _after_geometry(o: Any, cfg: DemoConfig, root: Path, first: bool) -> Callabl
             after = tuple(f"fine-tune {cfg.dynamics.dataset} ({tag}, seed {s})" for s in cfg.seeds)
             after = after if cfg.dynamics.dataset in cfg.em_datasets else ()
             jobs.append(
-                Job(f"training dynamics ({tag})", _dynamics_job, (o, layer, cfg, root), _SMALL_S, after)
+                Job(
+                    f"training dynamics ({tag})",
+                    "dynamics",
+                    _dynamics_job,
+                    (o, layer, cfg, root),
+                    _SMALL_S,
+                    after,
+                )
             )
         if first and cfg.spillover is not None:
             jobs.append(
-                Job(f"spillover measurement ({tag})", _spillover_job, (o, layer, cfg, root), _SMALL_S)
+                Job(
+                    f"spillover measurement ({tag})",
+                    "spillover",
+                    _spillover_job,
+                    (o, layer, cfg, root),
+                    _SMALL_S,
+                )
             )
         return jobs
 
@@ -283,9 +324,9 @@ def _n_jobs(organisms: Sequence[Any], cfg: DemoConfig) -> int:
 
 def prefetch(
     organisms: Sequence[Any], cfg: DemoConfig, root: Path, workers: int, say: Callable[[str], None]
-) -> None:
+) -> dict[str, float]:
     """Run every organism's geometry, EM, filtering, dynamics and spillover stages on ``workers``
-    one-thread processes.
+    one-thread processes; the workers' seconds by job kind.
 
     Args:
         organisms: the demo's organisms (``art``, ``sae_root``, ``corpora`` each).
@@ -301,4 +342,4 @@ def prefetch(
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
     ) as pool:
-        run_jobs(jobs, pool, workers, say)
+        return run_jobs(jobs, pool, workers, say).seconds

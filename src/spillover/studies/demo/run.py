@@ -124,17 +124,18 @@ def run_demo(
     say = run.say
     if workers > 1:
         with run.timer.stage("parallel"):
-            prefetch(organisms, cfg, root, workers, run.say)
-        run.say = lambda msg: None  # geometry, EM and filtering only read the workers' finished stages now
+            seconds = prefetch(organisms, cfg, root, workers, run.say)
+        run.summary["worker_time_s"] = {kind: round(s, 1) for kind, s in sorted(seconds.items())}
+        run.say = lambda msg: None  # the stages below only read the workers' finished stages now
     reports = [_geometry(run, o) for o in organisms]
     layers = [risk_layer(r) for r in reports]
     _em(run, [o.art for o in organisms])
     sections = [geometry_section(r, em) for r, em in zip(reports, run.per_organism_em, strict=True)]
     run.summary["geometry"] = pooled_geometry(sections, run.summary["em"])
     _filtering(run, organisms, layers)
-    run.say = say
     _spillover(run, organisms[0], layers[0])
     _dynamics(run, organisms, layers)
+    run.say = say
     run.summary["per_organism"] = per_organism(
         organisms, sections, run.per_organism_em, run.summary.get("filtering"), run.per_organism_dynamics
     )

@@ -376,3 +376,6 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
     timings = summary.get("timings", {})
     if timings:
         console.print("time: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f}s" for k, v in timings.items()))
+    workers = summary.get("worker_time_s", {})
+    if workers:
+        console.print("of which in the workers: " + ", ".join(f"{k} {v:.0f}s" for k, v in workers.items()))
