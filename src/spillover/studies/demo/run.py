@@ -125,7 +125,9 @@ def run_demo(
     if workers > 1:
         with run.timer.stage("parallel"):
             seconds = prefetch(organisms, cfg, root, workers, run.say)
-        run.summary["worker_time_s"] = {kind: round(s, 1) for kind, s in sorted(seconds.items())}
+        run.summary["worker_time_s"] = {
+            k: round(s, 1) for k, s in sorted(seconds.items(), key=lambda kv: -kv[1])
+        }
         run.say = lambda msg: None  # the stages below only read the workers' finished stages now
     reports = [_geometry(run, o) for o in organisms]
     layers = [risk_layer(r) for r in reports]

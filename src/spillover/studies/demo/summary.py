@@ -378,4 +378,7 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
         console.print("time: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f}s" for k, v in timings.items()))
     workers = summary.get("worker_time_s", {})
     if workers:
-        console.print("of which in the workers: " + ", ".join(f"{k} {v:.0f}s" for k, v in workers.items()))
+        console.print(
+            "in the worker processes (summed over them, within 'parallel'): "
+            + ", ".join(f"{k} {v:.0f}s" for k, v in workers.items())
+        )
