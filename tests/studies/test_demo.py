@@ -198,3 +198,19 @@ def test_workers_compute_every_fine_tune_before_the_sequential_pass(tmp_path, mo
 def test_workers_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="workers must be >= 1"):
         run_demo(tiny_demo(), tmp_path / "out", root=tmp_path / "runs", workers=0)
+
+
+def test_default_workers_follow_the_cpus_this_process_may_use(monkeypatch):
+    import os
+
+    from spillover.cli import demo as demo_cli
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert demo_cli.default_workers() == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert demo_cli.default_workers() == demo_cli.MAX_DEFAULT_WORKERS
+    monkeypatch.delattr(os, "sched_getaffinity")  # macOS: no affinity call, the machine's count
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert demo_cli.default_workers() == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert demo_cli.default_workers() == 1

@@ -10,6 +10,7 @@ spillover demo --retrain                    # train the organisms from scratch i
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +19,20 @@ import typer
 
 from spillover.cli._common import fail
 from spillover.studies.demo import DemoConfig, print_summary, run_demo
+
+MAX_DEFAULT_WORKERS = 8
+"""More one-thread workers than this rarely pay: the default demo is ~40 jobs, and its longest chain
+(geometry, filter scores, one fine-tune) takes ~35 s however many run beside it."""
+
+
+def default_workers() -> int:
+    """The CPUs this process may use (its affinity, else the machine's count), at most ``MAX_DEFAULT_WORKERS``."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity call
+        n = os.cpu_count() or 1
+    return max(1, min(n, MAX_DEFAULT_WORKERS))
+
 
 app = typer.Typer(
     help="The whole story on the built-in model organism: induce, measure, explain, mitigate (summary.json + report.html).",
@@ -51,12 +66,13 @@ def demo(
     ] = False,
     threads: Annotated[int, typer.Option("--threads", help="torch CPU threads.")] = 2,
     workers: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--workers",
-            help="Processes (one torch thread each) for the independent stages; 1: all in this one.",
+            help="Processes (one torch thread each) for the independent stages; 1: all in this one. "
+            f"Default: the CPUs this process may use, at most {MAX_DEFAULT_WORKERS}.",
         ),
-    ] = 2,
+    ] = None,
 ) -> None:
     """Run every stage (reusing finished ones), write summary.json and report.html, print a short table."""
     if ctx.invoked_subcommand is not None:
@@ -64,6 +80,7 @@ def demo(
     cfg = _config(quick, seeds, organisms, retrain)
     if threads < 1:
         raise fail(f"--threads must be >= 1, got {threads}")
+    workers = default_workers() if workers is None else workers
     if workers < 1:
         raise fail(f"--workers must be >= 1, got {workers}")
     for flag, path in (("--out", out), ("--root", root)):
