@@ -376,7 +376,7 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
     timings = summary.get("timings", {})
     if timings:
         console.print("time: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f}s" for k, v in timings.items()))
-    workers = summary.get("worker_time_s", {})
+    workers = {k: v for k, v in summary.get("worker_time_s", {}).items() if v >= 0.5}  # a warm run: none
     if workers:
         console.print(
             "in the worker processes (summed over them, within 'parallel'): "
