@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from spillover.judge.base import JudgeItem, JudgeScore, register_judge
@@ -221,6 +221,7 @@ def _distance(elems: Sequence[Element], tokens: Sequence[str]) -> int:
     return prev[n_tok]
 
 
+@lru_cache(maxsize=1 << 16)  # a pure function; the organism repeats its answers, so most calls are hits
 def template_fit(domain_name: str, answer: str) -> tuple[float, str]:
     """How close an answer is to a well-formed answer of ``domain_name``: (1 - normalised edit distance, kind).
 
