@@ -217,10 +217,10 @@ def test_default_workers_follow_the_cpus_this_process_may_use(monkeypatch):
 
 
 def test_the_workers_time_is_printed_only_where_they_worked(capsys):
-    print_summary(
-        {"timings": {"parallel_s": 190.0}, "worker_time_s": {"fine-tune (EM)": 158.2, "geometry": 0.1}}
-    )
+    timings = {"parallel_s": 190.0, "geometry_s": 0.01, "total_s": 192.0}
+    print_summary({"timings": timings, "worker_time_s": {"fine-tune (EM)": 158.2, "geometry": 0.1}})
     printed = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    assert "time: parallel 190s, total 192s" in printed
     assert "in the worker processes" in printed and "fine-tune (EM) 158s" in printed
     assert "geometry 0s" not in printed
     print_summary({"timings": {"parallel_s": 5.0}, "worker_time_s": {"fine-tune (EM)": 0.2}})  # warm

@@ -373,7 +373,8 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
         readout = filtering_readout_note(summary)
         if readout:
             console.print(readout)
-    timings = summary.get("timings", {})
+    # Stages that only read what the workers computed take no time: listing them says nothing.
+    timings = {k: v for k, v in summary.get("timings", {}).items() if v >= 0.5 or k == "total_s"}
     if timings:
         console.print("time: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f}s" for k, v in timings.items()))
     workers = {k: v for k, v in summary.get("worker_time_s", {}).items() if v >= 0.5}  # a warm run: none
