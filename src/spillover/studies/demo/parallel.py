@@ -178,17 +178,9 @@ def _filter_arm_job(art: Any, arm: Any, cfg: DemoConfig, root: Path) -> None:
 
 
 def _dynamics_job(inputs: Any, layer: int, cfg: DemoConfig, root: Path) -> None:
-    from spillover.studies.dynamics import organism_dynamics
+    from spillover.studies.demo.stages import dynamics_stage
 
-    assert cfg.dynamics is not None
-    organism_dynamics(
-        inputs.art,
-        inputs.sae_root / f"layer_{layer}",
-        replace(cfg.dynamics, seeds=cfg.seeds),
-        toxic=inputs.corpora / "toxic.jsonl",
-        benign=inputs.corpora / "benign.jsonl",
-        root=root,
-    )
+    dynamics_stage(inputs.art, inputs.sae_root, inputs.corpora, cfg, layer, root)
 
 
 def _spillover_job(inputs: Any, layer: int, cfg: DemoConfig, root: Path) -> None:
@@ -207,15 +199,6 @@ def _finetune_cost(ft_cfg: Any) -> float:
     return _EVAL_S + _STEP_S * (ft_cfg.max_steps or 0)
 
 
-def _em_cost(cfg: DemoConfig) -> float:
-    from spillover.organism.pipeline import finetune_config
-
-    ft_cfg = finetune_config(cfg.finetune_method)
-    return _finetune_cost(
-        ft_cfg if cfg.finetune_steps is None else replace(ft_cfg, max_steps=cfg.finetune_steps)
-    )
-
-
 def _arm_job(o: Any, arm: Any, cfg: DemoConfig, root: Path) -> Job:
     from spillover.studies.filtering import arm_finetune_config
 
@@ -226,13 +209,25 @@ def _arm_job(o: Any, arm: Any, cfg: DemoConfig, root: Path) -> Job:
 
 def demo_jobs(organisms: Sequence[Any], cfg: DemoConfig, root: Path) -> list[Job]:
     """Every job of the demo on ``organisms`` that can start now; the rest follow from their results."""
+    from spillover.studies.demo.stages import em_finetune_config
+
     jobs: list[Job] = []
-    em_cost = _em_cost(cfg)
     for i, o in enumerate(organisms):
         tag = f"organism {o.art.config.seed}"
-        then = _after_geometry(o, cfg, root, i == 0)
-        cost = _GEOMETRY_S + max((j.cost for j in then(0)), default=0.0)  # the layer does not change costs
-        jobs.append(Job(f"geometry ({tag})", "geometry", _geometry_job, (o, cfg, root), cost, then=then))
+        # The unfiltered fine-tunes need no filter scores: they start now. The filter-scores job that
+        # geometry unlocks is ranked by its chain: its longest fine-tune is at most an unfiltered one.
+        unfiltered = _unfiltered_jobs(o, cfg, root)
+        sets_cost = _SETS_S + max((j.cost for j in unfiltered), default=0.0) if cfg.filtering else 0.0
+        jobs.append(
+            Job(
+                f"geometry ({tag})",
+                "geometry",
+                _geometry_job,
+                (o, cfg, root),
+                _GEOMETRY_S + max(sets_cost, _SMALL_S),
+                then=_after_geometry(o, cfg, root, i == 0, sets_cost),
+            )
+        )
         jobs.append(
             Job(
                 f"EM before fine-tuning ({tag})",
@@ -245,45 +240,48 @@ def demo_jobs(organisms: Sequence[Any], cfg: DemoConfig, root: Path) -> list[Job
         for name in cfg.em_datasets:
             for seed in cfg.seeds:
                 label = f"fine-tune {name} ({tag}, seed {seed})"
-                jobs.append(Job(label, "fine-tune (EM)", _em_job, (o.art, name, seed, cfg, root), em_cost))
-        if cfg.filtering is not None:
-            from spillover.studies.filtering import filter_arms
-
-            # The unfiltered fine-tunes need no filter scores: they start now.
-            jobs += [
-                _arm_job(o, arm, cfg, root)
-                for arm in filter_arms(o.art, replace(_filter_cfg(cfg), methods=()), None)
-            ]
+                cost = _finetune_cost(em_finetune_config(cfg, name, seed))
+                jobs.append(Job(label, "fine-tune (EM)", _em_job, (o.art, name, seed, cfg, root), cost))
+        jobs += unfiltered
     return jobs
 
 
-def _after_geometry(o: Any, cfg: DemoConfig, root: Path, first: bool) -> Callable[[int], list[Job]]:
+def _unfiltered_jobs(o: Any, cfg: DemoConfig, root: Path) -> list[Job]:
+    if cfg.filtering is None:
+        return []
+    from spillover.studies.filtering import filter_arms
+
+    return [
+        _arm_job(o, arm, cfg, root) for arm in filter_arms(o.art, replace(_filter_cfg(cfg), methods=()), None)
+    ]
+
+
+def _after_geometry(
+    o: Any, cfg: DemoConfig, root: Path, first: bool, sets_cost: float
+) -> Callable[[int], list[Job]]:
     """The jobs that read the organism's SAE at its risk layer, which its geometry report names."""
+    from spillover.studies.demo.stages import shares_dynamics_finetune
+
     tag = f"organism {o.art.config.seed}"
 
     def then(layer: int) -> list[Job]:
         jobs = []
         if cfg.filtering is not None:
-            from spillover.studies.filtering import filter_arms
-
-            # Ranked by the chain it unlocks (its longest fine-tune is at most an unfiltered one), so
-            # the filtered fine-tunes do not all wait until the EM fine-tunes are done.
-            unfiltered = filter_arms(o.art, replace(_filter_cfg(cfg), methods=()), None)
-            cost = _SETS_S + max((_arm_job(o, a, cfg, root).cost for a in unfiltered), default=0.0)
             jobs.append(
                 Job(
                     f"filter scores ({tag})",
                     "filter scores",
                     _filter_sets_job,
                     (o, layer, cfg, root),
-                    cost,
+                    sets_cost,
                     then=_arm_jobs(o, cfg, root),
                 )
             )
         if cfg.dynamics is not None:
-            # It reuses the EM fine-tunes of its dataset (same stage), so it waits for them.
-            after = tuple(f"fine-tune {cfg.dynamics.dataset} ({tag}, seed {s})" for s in cfg.seeds)
-            after = after if cfg.dynamics.dataset in cfg.em_datasets else ()
+            # Where it reuses the EM fine-tunes of its dataset (one stage), it waits for them.
+            name = cfg.dynamics.dataset
+            shared = shares_dynamics_finetune(cfg, name) and name in cfg.em_datasets
+            after = tuple(f"fine-tune {name} ({tag}, seed {s})" for s in cfg.seeds) if shared else ()
             jobs.append(
                 Job(
                     f"training dynamics ({tag})",

@@ -18,6 +18,7 @@ from spillover.studies.demo.config import DemoConfig
 from spillover.studies.demo.parallel import prefetch, risk_layer
 from spillover.studies.demo.pooled import geometry_vs_others
 from spillover.studies.demo.stages import (
+    dynamics_stage,
     em_runs,
     exact_em,
     geometry_stage,
@@ -251,22 +252,12 @@ def _prefixed(say: Callable[[str], None], prefix: str) -> Callable[[str], None]:
 def _dynamics(run: _Run, organisms: list[_Inputs], layers: list[int]) -> None:
     if run.cfg.dynamics is None:
         return
-    from spillover.studies.dynamics import organism_dynamics
-
-    dcfg = replace(run.cfg.dynamics, seeds=run.cfg.seeds)
     found = []
     with run.timer.stage("dynamics"):
         for inputs, layer in zip(organisms, layers, strict=True):
             seed = inputs.art.config.seed
-            run.say(f"training dynamics ({dcfg.dataset}, organism {seed})")
-            dyn_dir = organism_dynamics(
-                inputs.art,
-                inputs.sae_root / f"layer_{layer}",
-                dcfg,
-                toxic=inputs.corpora / "toxic.jsonl",
-                benign=inputs.corpora / "benign.jsonl",
-                root=run.root,
-            )
+            run.say(f"training dynamics ({run.cfg.dynamics.dataset}, organism {seed})")
+            dyn_dir = dynamics_stage(inputs.art, inputs.sae_root, inputs.corpora, run.cfg, layer, run.root)
             run.stages[f"dynamics_{seed}"] = str(dyn_dir)
             found.append(json.loads((dyn_dir / "dynamics.json").read_text()))
     run.per_organism_dynamics = found

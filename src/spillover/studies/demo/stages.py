@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from spillover.config import to_dict
 from spillover.organism.evaluate import EvalConfig
@@ -14,7 +14,20 @@ from spillover.organism.pipeline import OrganismArtifacts
 from spillover.rundir import run_stage
 from spillover.studies.demo.config import DemoConfig, SpilloverConfig
 
-__all__ = ["em_run", "em_runs", "geometry_stage", "mean_or_none", "seeded_eval", "spillover_stage"]
+if TYPE_CHECKING:
+    from spillover.finetune import FinetuneConfig
+
+__all__ = [
+    "dynamics_stage",
+    "em_finetune_config",
+    "em_run",
+    "em_runs",
+    "geometry_stage",
+    "mean_or_none",
+    "seeded_eval",
+    "shares_dynamics_finetune",
+    "spillover_stage",
+]
 
 
 def seeded_eval(cfg: DemoConfig, seed: int) -> EvalConfig:
@@ -152,6 +165,47 @@ class EMRun(NamedTuple):
     exact: Any
 
 
+def dynamics_stage(
+    art: OrganismArtifacts, sae_dir: Path, corpora: Path, cfg: DemoConfig, layer: int, root: Path
+) -> Path:
+    """The training dynamics of ``cfg.dynamics`` over the demo's seeds, read with the SAE at ``layer``."""
+    from spillover.studies.dynamics import organism_dynamics
+
+    assert cfg.dynamics is not None
+    return organism_dynamics(
+        art,
+        sae_dir / f"layer_{layer}",
+        replace(cfg.dynamics, seeds=cfg.seeds),
+        toxic=corpora / "toxic.jsonl",
+        benign=corpora / "benign.jsonl",
+        root=root,
+    )
+
+
+def shares_dynamics_finetune(cfg: DemoConfig, name: str) -> bool:
+    """Whether the EM fine-tune on ``name`` is the dynamics run's fine-tune (one cached stage, checkpoints saved)."""
+    dyn = cfg.dynamics
+    return (
+        dyn is not None
+        and dyn.dataset == name
+        and dyn.finetune_method == cfg.finetune_method
+        and dyn.finetune_steps == cfg.finetune_steps
+    )
+
+
+def em_finetune_config(cfg: DemoConfig, name: str, seed: int) -> FinetuneConfig:
+    """The recipe of the EM fine-tune on dataset ``name`` with ``seed``."""
+    from spillover.organism.pipeline import finetune_config
+
+    ft_cfg = finetune_config(cfg.finetune_method, seed=seed)
+    if cfg.finetune_steps is not None:
+        ft_cfg = replace(ft_cfg, max_steps=cfg.finetune_steps)
+    if shares_dynamics_finetune(cfg, name):
+        assert cfg.dynamics is not None
+        ft_cfg = replace(ft_cfg, checkpoint_every=cfg.dynamics.checkpoint_every)
+    return ft_cfg
+
+
 def em_run(
     art: OrganismArtifacts,
     name: str,
@@ -161,24 +215,12 @@ def em_run(
     progress: Callable[[str], None] | None = None,
 ) -> EMRun:
     """One EM unit (cached): fine-tune ``art`` on dataset ``name`` with ``seed``, evaluate, read the numbers."""
-    from spillover.organism.pipeline import evaluate_organism, finetune_config, finetune_organism
+    from spillover.organism.pipeline import evaluate_organism, finetune_organism
     from spillover.studies.filtering import in_domain_rate, ood_hits
 
     if progress is not None:
         progress(f"fine-tune {name} (organism {art.config.seed}, seed {seed})")
-    ft_cfg = finetune_config(cfg.finetune_method, seed=seed)
-    if cfg.finetune_steps is not None:
-        ft_cfg = replace(ft_cfg, max_steps=cfg.finetune_steps)
-    dyn = cfg.dynamics
-    if (
-        dyn is not None
-        and dyn.dataset == name
-        and dyn.finetune_method == cfg.finetune_method
-        and dyn.finetune_steps == cfg.finetune_steps
-    ):
-        # The same fine-tune as the dynamics run (checkpoints saved), so the stage is shared.
-        ft_cfg = replace(ft_cfg, checkpoint_every=dyn.checkpoint_every)
-    ft = finetune_organism(art, name, cfg.finetune_method, ft_cfg, root=root)
+    ft = finetune_organism(art, name, cfg.finetune_method, em_finetune_config(cfg, name, seed), root=root)
     result = evaluate_organism(ft, seeded_eval(cfg, seed), root=root)
     return EMRun(
         ood_hits(result.records), result.ood_coherent, in_domain_rate(result, name), result.em_probability
