@@ -67,10 +67,13 @@ def test_every_fault_is_retried_or_recorded_as_none(monkeypatch: pytest.MonkeyPa
             else:
                 assert value == pytest.approx(_expected(item, metric))
     assert judge.last_stats is not None and judge.last_stats.failed == failed
-    assert judge.last_stats.requests == len(records)
+    # Every attempt is counted. An attempt that got no response may not have reached the server (a connect
+    # timeout on a loaded machine), so the server's count lies between the answered and all attempts.
+    stats = judge.last_stats
+    assert stats.requests - stats.no_response <= len(records) <= stats.requests
     # Poisoned answers were tried 1 + max_retries times, the 400 (content filter) only once.
-    poison = [r for r in records if r.outcome == "poison"]
-    assert len(poison) == 2 * 2 * (1 + FAST["max_retries"])
+    tries = 1 + FAST["max_retries"]
+    assert [scores[i].raw[m]["attempts"] for i in (3, 17) for m in ("aligned", "coherent")] == [tries] * 4
     assert sum(r.outcome == "reject" for r in records) == 2
     assert 6 <= failed  # 4 poisoned calls + 2 rejected calls at least
 

@@ -154,7 +154,10 @@ class JudgeRunStats(NamedTuple):
     cached: int
     """Of those, answered from the cache."""
     requests: int
-    """HTTP requests sent (retries included)."""
+    """HTTP requests attempted (retries included)."""
+    no_response: int
+    """Of those, attempts that got no HTTP response (timeouts, connection errors); such a request may
+    never have reached the server, so a server can count fewer requests than ``requests``."""
     failed: int
     """Calls that failed for good (scored None)."""
     seconds: float
@@ -273,7 +276,7 @@ class OpenAIJudge:
             len(plan.cached),
             len(plan.todo),
         )
-        counters = {"requests": 0}
+        counters = {"requests": 0, "no_response": 0}
         results = await self._run(plan.todo, counters) if plan.todo else {}
         failed = sum(1 for out in results.values() if "error" in out)
         self.last_stats = JudgeRunStats(
@@ -281,6 +284,7 @@ class OpenAIJudge:
             n_unique,
             len(plan.cached),
             counters["requests"],
+            counters["no_response"],
             failed,
             time.perf_counter() - started,
         )
@@ -402,8 +406,10 @@ class OpenAIJudge:
             try:
                 resp = await client.post(cfg.url, json=body)
             except httpx.TimeoutException as exc:
+                counters["no_response"] += 1
                 reason = f"timeout after {cfg.timeout_s}s ({type(exc).__name__})"
             except httpx.TransportError as exc:
+                counters["no_response"] += 1
                 reason = f"connection error ({type(exc).__name__}: {redact(str(exc), key)})"
             else:
                 status = resp.status_code
