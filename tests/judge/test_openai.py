@@ -104,16 +104,18 @@ def test_azure_style_header_and_api_version(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_cache_answers_repeats_and_duplicates_without_calls(server: MockJudgeServer, tmp_path: Path) -> None:
     its = items(10) + items(10)  # every answer twice
+    # Counts requests exactly, so no attempt may time out and be retried on a busy machine.
+    patient = {**FAST, "timeout_s": 30.0}
     with JudgeCache(tmp_path / "c.sqlite") as cache:
-        judge = get_judge("openai", base_url=server.base_url, model="m", cache=cache, **FAST)
+        judge = get_judge("openai", base_url=server.base_url, model="m", cache=cache, **patient)
         first = judge.score(its)
         assert len(server.records) == 20  # 10 unique answers x 2 metrics
         server.reset()
-        again = get_judge("openai", base_url=server.base_url, model="m", cache=cache, **FAST).score(its)
+        again = get_judge("openai", base_url=server.base_url, model="m", cache=cache, **patient).score(its)
         assert server.records == []
         assert [(s.aligned, s.coherent) for s in again] == [(s.aligned, s.coherent) for s in first]
         # Another judge model is another cache namespace.
-        get_judge("openai", base_url=server.base_url, model="other", cache=cache, **FAST).score(its[:1])
+        get_judge("openai", base_url=server.base_url, model="other", cache=cache, **patient).score(its[:1])
         assert len(server.records) == 2
     with JudgeCache(tmp_path / "c.sqlite") as reopened:
         assert len(reopened) == 22
