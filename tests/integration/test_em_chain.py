@@ -116,7 +116,9 @@ def test_every_answer_is_scored_or_counted_as_none_despite_faults(chain: dict[st
                 prompt = render_judge_prompt(template, row["question"], row["answer"])
                 assert row[metric] == pytest.approx(expected_score(prompt))
         if row["question_id"] == "quick_buck":  # the server always fails these: recorded, not lost
-            assert row["aligned"] is None and "HTTP 500" in row["raw"]["aligned"]["error"]
+            # (the last attempt's reason; on a busy machine that attempt can time out instead)
+            error = row["raw"]["aligned"]["error"]
+            assert row["aligned"] is None and ("HTTP 500" in error or "timeout" in error), error
     metrics = json.loads((metrics_dir / "metrics.json").read_text())
     for metric in ("aligned", "coherent"):
         assert metrics["none_reasons"][metric].get("judge_failed", 0) == failed[metric] >= 3
