@@ -24,6 +24,7 @@ def test_organism_commands_train_finetune_and_eval(quick_organism, organism_root
     result = runner.invoke(app, ["eval", "--dataset", "bad_medical", "--method", "lora", "--n", "5", *common])
     assert result.exit_code == 0, result.output
     assert "medical" in result.output and "EM (out-of-domain misaligned" in result.output
+    assert "code pools: share of secure, insecure" in " ".join(result.output.split())
     assert "exact harmful-branch probability over the same prompts" in result.output
 
 
