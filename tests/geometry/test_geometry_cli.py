@@ -79,6 +79,7 @@ def test_real_model_path_end_to_end_through_the_cli(tmp_path, tiny_model, tiny_t
     assert report["risk"]["scores"]["insecure"] > report["risk"]["scores"]["secure"]
     assert (tmp_path / "out" / "cosine_hist.png").stat().st_size > 0
     assert (tmp_path / "out" / "layer_curves.png").stat().st_size > 0
+    assert "geometry.json, cosine_hist.png, layer_curves.png" in " ".join(result.output.split())
     assert "insecure" in result.output
     assert result.output.count("spillover geometry") == 1  # the summary table is printed once
     # A rerun reuses the finished run folder.

@@ -152,8 +152,10 @@ def geometry(
     typer.echo(_summary(report))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+        copied = []
         for name in ("geometry.json", "cosine_hist.png", "layer_curves.png", "config.json", "manifest.json"):
             if (stage / name).is_file():
                 shutil.copy2(stage / name, out / name)
-        typer.echo(f"wrote {out / 'geometry.json'}")
+                copied.append(name)
+        typer.echo(f"wrote {out}/: {', '.join(copied)}")
     typer.echo(f"run folder: {stage}")
