@@ -42,6 +42,19 @@ def test_an_unknown_verb_is_a_clean_usage_error() -> None:
     assert "nonsense" in result.output
 
 
+def test_ctrl_c_exits_130_and_says_the_run_resumes(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import spillover.report.html
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(spillover.report.html, "write_html_report", interrupted)
+    (tmp_path / "summary.json").write_text("{}")
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 130
+    assert "interrupted: finished stages stay cached" in " ".join(result.output.split())
+
+
 def test_python_dash_m_runs_the_same_command() -> None:
     proc = subprocess.run([sys.executable, "-m", "spillover", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "sweep" in proc.stdout

@@ -67,6 +67,19 @@ class _Group(typer.core.TyperGroup):
     def list_commands(self, ctx: Any) -> list[str]:
         return [*super().list_commands(ctx), *_VERBS]
 
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            # Every stage is written atomically (spillover.rundir), so an interrupted run loses only the
+            # stage it was in; without this line Ctrl-C exits silently.
+            typer.echo(
+                "\ninterrupted: finished stages stay cached ($SPILLOVER_HOME/runs, or --root); "
+                "run the same command again to resume from them",
+                err=True,
+            )
+            raise typer.Exit(130) from None
+
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
         if cmd_name in _VERBS:
             module, help = _VERBS[cmd_name]
