@@ -34,15 +34,13 @@ def default_workers() -> int:
     return max(1, min(n, MAX_DEFAULT_WORKERS))
 
 
-app = typer.Typer(
-    help="The whole story on the built-in model organism: induce, measure, explain, mitigate (summary.json + report.html).",
-    invoke_without_command=True,
+app = typer.Typer(add_completion=False)
+
+
+@app.command(
+    help="The whole story on the built-in model organism: induce, measure, explain, mitigate (summary.json + report.html)."
 )
-
-
-@app.callback(invoke_without_command=True)
 def demo(
-    ctx: typer.Context,
     quick: Annotated[bool, typer.Option("--quick", help="A tiny organism: a first look in minutes.")] = False,
     out: Annotated[Path, typer.Option("--out", help="Folder for summary.json and report.html.")] = Path(
         "spillover-demo"
@@ -75,8 +73,6 @@ def demo(
     ] = None,
 ) -> None:
     """Run every stage (reusing finished ones), write summary.json and report.html, print a short table."""
-    if ctx.invoked_subcommand is not None:
-        return
     cfg = _config(quick, seeds, organisms, retrain)
     if threads < 1:
         raise fail(f"--threads must be >= 1, got {threads}")

@@ -30,18 +30,15 @@ if TYPE_CHECKING:
 
     from spillover.data.chat import Conversation
 
-app = typer.Typer(
-    help="Filter a fine-tuning dataset by closeness to toxic features, or by a random / judge baseline.",
-    invoke_without_command=True,
-    context_settings={"allow_interspersed_args": True},
-)
+app = typer.Typer(add_completion=False)
 
 _GEOMETRY = ("geometry", "toxic_activation", "toxic_subspace", "persona_projection")
 
 
-@app.callback(invoke_without_command=True)
+@app.command(
+    help="Filter a fine-tuning dataset by closeness to toxic features, or by a random / judge baseline."
+)
 def filter_dataset(
-    ctx: typer.Context,
     dataset: Annotated[Path, typer.Argument(help="Chat JSONL(.gz) to filter.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("filtered"),
     method: Annotated[
@@ -70,8 +67,6 @@ def filter_dataset(
     toxic_k: Annotated[int | None, typer.Option("--toxic-k", min=1, help="Number of toxic latents.")] = None,
 ) -> None:
     """Write kept / removed sets and scores for each method and fraction."""
-    if ctx.invoked_subcommand is not None:
-        return
     from spillover.filtering.sets import apply_filters, save_scores
 
     req = _check(dataset, out, method, fraction, seeds, scores, judge)

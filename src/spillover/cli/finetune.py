@@ -23,13 +23,12 @@ from spillover.cli._common import (
     run_reporting,
 )
 
-app = typer.Typer(
-    help="Fine-tune the chain's model on finetune.data (EM recipe by default); prints the run folder.",
-    invoke_without_command=True,
+app = typer.Typer(add_completion=False)
+
+
+@app.command(
+    help="Fine-tune the chain's model on finetune.data (EM recipe by default); prints the run folder."
 )
-
-
-@app.callback(invoke_without_command=True)
 def finetune_command(
     config: ConfigOpt = None, overrides: SetOpt = None, root: RootOpt = None, force: ForceOpt = False
 ) -> None:

@@ -25,13 +25,12 @@ from spillover.cli._common import (
     run_reporting,
 )
 
-app = typer.Typer(
-    help="Sample answers to generate.questions (running finetune first if configured); prints the run folder.",
-    invoke_without_command=True,
+app = typer.Typer(add_completion=False)
+
+
+@app.command(
+    help="Sample answers to generate.questions (running finetune first if configured); prints the run folder."
 )
-
-
-@app.callback(invoke_without_command=True)
 def generate_command(
     config: ConfigOpt = None,
     overrides: SetOpt = None,

@@ -25,10 +25,7 @@ from spillover.cli._common import fail
 from spillover.config import read_yaml_mapping
 from spillover.studies.geometry import GeometryRunConfig, run_geometry
 
-app = typer.Typer(
-    help="Score datasets by how close their SAE features sit to toxic features (geometry.json + plots).",
-    invoke_without_command=True,
-)
+app = typer.Typer(add_completion=False)
 
 
 def _parse_layers(text: str | None) -> tuple[int, ...]:
@@ -76,9 +73,10 @@ def _summary(report: dict[str, Any]) -> str:
     return console.export_text()
 
 
-@app.callback(invoke_without_command=True)
+@app.command(
+    help="Score datasets by how close their SAE features sit to toxic features (geometry.json + plots)."
+)
 def geometry(
-    ctx: typer.Context,
     model: Annotated[
         str | None, typer.Option(help="'organism' (default) or an HF model folder / hub id.")
     ] = None,
@@ -118,8 +116,6 @@ def geometry(
     force: Annotated[bool, typer.Option("--force", help="Recompute even if a finished run exists.")] = False,
 ) -> None:
     """Score datasets by how close their SAE features sit to toxic features, per layer, with statistics."""
-    if ctx.invoked_subcommand is not None:
-        return
     import torch
 
     from spillover.config import ConfigError, load_config

@@ -34,6 +34,7 @@ from spillover.cli._common import (
 from spillover.judge.aggregate import MIN_NUMERIC_MASS
 
 app = typer.Typer(
+    add_completion=False,
     help="Judge answers (aligned/coherent, EM logprob rule); prints the run folder.",
     invoke_without_command=True,
 )

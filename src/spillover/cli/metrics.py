@@ -29,10 +29,7 @@ from spillover.cli._common import (
     run_reporting,
 )
 
-app = typer.Typer(
-    help="Misalignment rates (aligned < 30 and coherent > 50, and variants) with CIs; prints the run folder.",
-    invoke_without_command=True,
-)
+app = typer.Typer(add_completion=False)
 
 
 def _rate(r: dict[str, Any]) -> str:
@@ -93,7 +90,9 @@ def _is_csv(path: Path) -> bool:
     return path.name.endswith((".csv", ".csv.gz"))
 
 
-@app.callback(invoke_without_command=True)
+@app.command(
+    help="Misalignment rates (aligned < 30 and coherent > 50, and variants) with CIs; prints the run folder."
+)
 def metrics_command(
     config: ConfigOpt = None,
     overrides: SetOpt = None,

@@ -34,10 +34,7 @@ import typer
 
 from spillover.cli._common import RootOpt, fail
 
-app = typer.Typer(
-    help="Filters and fine-tuning arms on one organism dataset: EM, coherence, task retention, one table.",
-    invoke_without_command=True,
-)
+app = typer.Typer(add_completion=False)
 
 
 def _arms(specs: list[str]) -> dict[str, dict[str, Any]]:
@@ -86,9 +83,10 @@ def _config(
         raise fail(str(exc)) from exc
 
 
-@app.callback(invoke_without_command=True)
+@app.command(
+    help="Filters and fine-tuning arms on one organism dataset: EM, coherence, task retention, one table."
+)
 def mitigate(
-    ctx: typer.Context,
     dataset: Annotated[
         str | None, typer.Option("--dataset", help="Organism dataset (default insecure_alltask).")
     ] = None,
@@ -128,8 +126,6 @@ def mitigate(
     root: RootOpt = None,
 ) -> None:
     """Run every filter and arm (cached), then write the comparison table and the frontier plot."""
-    if ctx.invoked_subcommand is not None:
-        return
     if out.exists() and not out.is_dir():
         raise fail(f"--out {out} is a file, not a folder")
     filtering: dict[str, Any] = {}

@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from spillover.organism.pipeline import OrganismArtifacts
 
 app = typer.Typer(
-    help="The built-in model organism of emergent misalignment (tiny chat LM, CPU).", no_args_is_help=True
+    add_completion=False,
+    help="The built-in model organism of emergent misalignment (tiny chat LM, CPU).",
+    no_args_is_help=True,
 )
 console = Console()
 log = logging.getLogger(__name__)

@@ -23,7 +23,9 @@ import typer
 from spillover.cli._common import fail
 
 app = typer.Typer(
-    help="The paper's geometry on SmolLM2-135M-Instruct with the real EM datasets.", no_args_is_help=True
+    add_completion=False,
+    help="The paper's geometry on SmolLM2-135M-Instruct with the real EM datasets.",
+    no_args_is_help=True,
 )
 
 

@@ -13,25 +13,17 @@ import typer
 
 from spillover.cli._common import fail
 
-app = typer.Typer(
-    help="Write a self-contained HTML report (embedded figures) from a run's summary.json.",
-    invoke_without_command=True,
-    # A group that takes an argument: let options follow it (`spillover report RUN --out x.html`).
-    context_settings={"allow_interspersed_args": True},
-)
+app = typer.Typer(add_completion=False)
 
 
-@app.callback(invoke_without_command=True)
+@app.command(help="Write a self-contained HTML report (embedded figures) from a run's summary.json.")
 def report(
-    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="Run folder holding summary.json (e.g. the demo's --out).")],
     out: Annotated[
         Path | None, typer.Option("--out", help="HTML file (default RUN_DIR/report.html).")
     ] = None,
 ) -> None:
     """Render the report; plotting reads saved results and never calls a model."""
-    if ctx.invoked_subcommand is not None:
-        return
     from spillover.report.html import write_html_report
 
     if out is not None and out.is_dir():

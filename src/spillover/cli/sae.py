@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from spillover.organism import OrganismConfig
     from spillover.sae.train import SAETrainConfig
 
-app = typer.Typer(help="Train and inspect SAEs (SAELens format).", no_args_is_help=True)
+app = typer.Typer(add_completion=False, help="Train and inspect SAEs (SAELens format).", no_args_is_help=True)
 
 
 def _layers(text: str | None) -> list[int]:

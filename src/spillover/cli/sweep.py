@@ -26,17 +26,11 @@ from spillover.cli._common import fail
 if TYPE_CHECKING:
     from spillover.pipeline.executors import Executor
 
-app = typer.Typer(
-    help="Run a sweep (grid over config fields) through cached stages, locally or on Ray.",
-    invoke_without_command=True,
-    # A group stops parsing options at its first argument by default; `sweep FILE --plan` must work.
-    context_settings={"allow_interspersed_args": True},
-)
+app = typer.Typer(add_completion=False)
 
 
-@app.callback(invoke_without_command=True)
+@app.command(help="Run a sweep (grid over config fields) through cached stages, locally or on Ray.")
 def sweep(
-    ctx: typer.Context,
     sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML (pipeline, base, grid, zip, resources).")],
     overrides: Annotated[
         list[str] | None,
@@ -75,8 +69,6 @@ def sweep(
     threads: Annotated[int, typer.Option(min=1, help="torch CPU threads of the local executor.")] = 1,
 ) -> None:
     """Run (or resume) every cell of the sweep and write the aggregate table and report."""
-    if ctx.invoked_subcommand is not None:
-        return
     from spillover.config import ConfigError
     from spillover.pipeline.sweep import check_sweep, load_sweep, plan_sweep, run_sweep
 

@@ -15,17 +15,13 @@ import typer
 
 from spillover.cli._common import fail
 
-app = typer.Typer(
-    help="Measure the spillover derivation (Δf_j ∝ cos(d_j, d_t)) in a toy model of superposition.",
-    invoke_without_command=True,
-)
+app = typer.Typer(add_completion=False)
 
 logger = logging.getLogger(__name__)
 
 
-@app.callback(invoke_without_command=True)
+@app.command(help="Measure the spillover derivation (Δf_j ∝ cos(d_j, d_t)) in a toy model of superposition.")
 def run(
-    ctx: typer.Context,
     quick: Annotated[
         bool, typer.Option("--quick", help="3 seeds, small sweep: under a minute on 2 cores.")
     ] = False,
@@ -38,8 +34,6 @@ def run(
     ] = None,
 ) -> None:
     """Train toys, fine-tune them narrowly, and compare measured spillover with cos(d_j, d_t)."""
-    if ctx.invoked_subcommand is not None:
-        return
     import torch
 
     from spillover.config import ConfigError, deep_merge, load_config, read_yaml_mapping, to_dict
