@@ -126,7 +126,7 @@ def _filtering(summary: dict[str, Any]) -> dict[str, Any]:
     g, r = filt.get("geometry", {}), filt.get("random", {})
     sampled = (
         f"sampled EM {_pct(g.get('misaligned_rate'))} (geometry) vs {_pct(r.get('misaligned_rate'))} (random), "
-        f"{100 * rnd['relative_reduction']:+.0f}% less [{100 * lo:+.0f}%, {100 * hi:+.0f}%]"
+        f"relative reduction {100 * rnd['relative_reduction']:+.0f}% [{100 * lo:+.0f}%, {100 * hi:+.0f}%]"
     )
     others = "".join(
         f"; vs {m} {100 * e['exact']['difference']:+.2f} pp"
