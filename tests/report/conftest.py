@@ -15,6 +15,8 @@ def make_summary() -> dict[str, Any]:
         "test": "Mann-Whitney U",
         "score_name": "mean max cosine",
         "spearman_vs_em": 0.8,
+        "per_layer_p": {"0": 0.01, "1": 0.004, "2": 0.2},
+        "grey_code": {"score": 0.3, "per_layer": {"0": 0.3}, "inducing": False, "role": "dataset"},
     }
     for name, rate, inducing, cos in (
         ("insecure", 0.12, True, 0.45),
@@ -35,6 +37,7 @@ def make_summary() -> dict[str, Any]:
             "per_layer": {"0": cos * 0.8, "1": cos, "2": cos * 0.9},
             "cosines": rng.normal(cos, 0.1, size=100).clip(-1, 1).tolist(),
             "inducing": inducing,
+            "role": "inducing" if inducing else "control",
         }
     fractions = [0.25, 0.5, 0.75]
     filtering: dict[str, Any] = {

@@ -156,6 +156,15 @@ def test_every_table_row_has_the_headers_cells(summary):
         _table(["a", "b"], [["only one"]])
 
 
+def test_the_dataset_table_lists_datasets_only_with_their_roles(summary):
+    text = render_report(summary)
+    table = text.split("<h2>Results per dataset</h2>")[1].split("</table>")[0].split("<tbody>")[1]
+    cells = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", table)]
+    kinds = {row[0]: row[1] for row in cells}
+    assert "per_layer_p" not in kinds  # a mapping in the geometry section, not a dataset
+    assert (kinds["insecure"], kinds["secure"], kinds["grey_code"]) == ("inducing", "control", "dataset")
+
+
 def test_worker_time_is_listed_beside_the_stages_wall_times(summary):
     summary["worker_time_s"] = {"fine-tune (EM)": 151.25, "geometry": 49.5}
     text = render_report(summary)

@@ -80,7 +80,8 @@ def _em_table(summary: Mapping[str, Any]) -> str:
     geo = summary.get("geometry") if isinstance(summary.get("geometry"), Mapping) else {}
     assert isinstance(em, Mapping) and isinstance(geo, Mapping)
     names = [k for k in em if isinstance(em[k], Mapping)]
-    names += [k for k in geo if isinstance(geo[k], Mapping) and k not in names]
+    # The geometry section also holds mappings that are not datasets (per_layer_p): a dataset has a score.
+    names += [k for k in geo if isinstance(geo[k], Mapping) and "score" in geo[k] and k not in names]
     if not names:
         return '<p class="missing">No per-dataset results in this run.</p>'
     rows = []
@@ -102,10 +103,11 @@ def _em_table(summary: Mapping[str, Any]) -> str:
         e = em.get(name, {}) if isinstance(em.get(name), Mapping) else {}
         g = geo.get(name, {}) if isinstance(geo.get(name), Mapping) else {}
         inducing = e.get("inducing", g.get("inducing"))
+        kind = "inducing" if inducing else "control" if inducing is not None else ""
         rows.append(
             [
                 name,
-                "inducing" if inducing else "control" if inducing is not None else "",
+                kind if name in em else str(g.get("role", kind)),
                 _fmt_pct(e.get("misaligned_rate")),
                 _fmt_ci(e.get("ci")),
                 _fmt_pct(e.get("em_probability")),
