@@ -186,9 +186,14 @@ def test_workers_compute_every_fine_tune_before_the_sequential_pass(tmp_path, mo
     # The spawned workers do not see this patch: every fine-tune ran there, none in this process.
     assert calls == []
     assert any(line.startswith("running") and "2 worker processes" in line for line in lines)
-    assert "done: filter scores (organism 1)" in lines
-    assert any(line.startswith("done: filtering geometry") and "(organism 1)" in line for line in lines)
-    assert "done: training dynamics (organism 1)" in lines
+    done = [line.split("] ", 1)[1] for line in lines if line.startswith("[") and "] done: " in line]
+    assert "done: filter scores (organism 1)" in done
+    assert any(line.startswith("done: filtering geometry") and "(organism 1)" in line for line in done)
+    assert "done: training dynamics (organism 1)" in done
+    # Every job was expected: the count never passes the total announced in the "running" line.
+    total = int(next(line for line in lines if line.startswith("running")).split()[1])
+    counts = [line[1:].split("]")[0].split("/") for line in lines if line.startswith("[")]
+    assert counts and all(int(n) <= int(t) == total for n, t in counts)
     assert {"geometry", "fine-tune (EM)", "fine-tune (filtering)", "dynamics"} <= set(
         summary["worker_time_s"]
     )

@@ -56,6 +56,11 @@ def test_a_finished_job_unlocks_the_jobs_its_result_names() -> None:
     assert set(results) == {"parent", "other", "PARENT child 0", "PARENT child 1"}
     assert _started.index("parent") < _started.index("PARENT child 0")
     assert sorted(lines) == sorted(f"done: {label}" for label in results)
+    # With the expected total, each line counts the jobs done so far.
+    counted: list[str] = []
+    with ThreadPoolExecutor(2) as pool:
+        run_jobs([_job("parent", 2, then=unlock), _job("other", 1)], pool, 2, counted.append, total=4)
+    assert [line.split("]")[0] for line in counted] == ["[1/4", "[2/4", "[3/4", "[4/4"]
 
 
 def test_a_failed_job_is_named_and_jobs_that_depend_on_it_never_start() -> None:

@@ -70,8 +70,17 @@ def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
     return fn(*args), time.perf_counter() - start
 
 
-def run_jobs(jobs: Iterable[Job], pool: Executor, workers: int, say: Callable[[str], None]) -> JobsDone:
+def run_jobs(
+    jobs: Iterable[Job],
+    pool: Executor,
+    workers: int,
+    say: Callable[[str], None],
+    total: int | None = None,
+) -> JobsDone:
     """Run ``jobs`` (and those they unlock) on ``pool``, at most ``workers`` at a time.
+
+    Each finished job is reported as ``done: LABEL``, prefixed ``[n/total]`` when ``total`` (the
+    expected number of jobs, unlocked ones included) is given.
 
     Raises:
         ValueError: two jobs share a label, or a job waits on a label that never finishes.
@@ -108,7 +117,8 @@ def run_jobs(jobs: Iterable[Job], pool: Executor, workers: int, say: Callable[[s
                 raise RuntimeError(f"demo job {job.label!r} failed: {exc}") from exc
             out.results[job.label] = result
             out.seconds[job.kind] = out.seconds.get(job.kind, 0.0) + seconds
-            say(f"done: {job.label}")
+            count = f"[{len(out.results)}/{total}] " if total else ""
+            say(f"{count}done: {job.label}")
             if job.then is not None:
                 add(job.then(result))
     return out
@@ -336,8 +346,9 @@ def prefetch(
     import multiprocessing
 
     jobs = demo_jobs(organisms, cfg, root)
-    say(f"running {_n_jobs(organisms, cfg)} jobs on {workers} worker processes (one torch thread each)")
+    total = _n_jobs(organisms, cfg)
+    say(f"running {total} jobs on {workers} worker processes (one torch thread each)")
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
     ) as pool:
-        return run_jobs(jobs, pool, workers, say).seconds
+        return run_jobs(jobs, pool, workers, say, total).seconds
