@@ -230,3 +230,10 @@ def test_the_workers_time_is_printed_only_where_they_worked(capsys):
     assert "geometry 0s" not in printed
     print_summary({"timings": {"parallel_s": 5.0}, "worker_time_s": {"fine-tune (EM)": 0.2}})  # warm
     assert "in the worker processes" not in capsys.readouterr().out
+
+
+def test_the_quick_preset_says_its_numbers_test_no_claim(capsys):
+    print_summary({"run": {"preset": "quick"}})
+    assert "not evidence for or against the claims" in " ".join(capsys.readouterr().out.split())
+    print_summary({"run": {"preset": "full"}})
+    assert "Quick preset" not in capsys.readouterr().out

@@ -233,6 +233,13 @@ def filtering_readout_note(summary: dict[str, Any]) -> str | None:
     )
 
 
+QUICK_NOTE = (
+    "Quick preset: a tiny organism trained in seconds and few samples run every stage; the numbers are a "
+    "first look at the pipeline, not evidence for or against the claims, which `spillover demo` tests on "
+    "the shipped organisms."
+)
+
+
 def summary_notes(summary: dict[str, Any]) -> list[str]:
     """Plain statements computed from the numbers (no claim the numbers do not support)."""
     notes = []
@@ -280,9 +287,7 @@ def summary_notes(summary: dict[str, Any]) -> list[str]:
             )
         )
     if summary.get("run", {}).get("preset") == "quick":
-        notes.append(
-            "Quick preset: a tiny organism and few samples; numbers are for a first look, not for conclusions."
-        )
+        notes.append(QUICK_NOTE)
     return notes
 
 
@@ -373,6 +378,8 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
         readout = filtering_readout_note(summary)
         if readout:
             console.print(readout)
+    if summary.get("run", {}).get("preset") == "quick":
+        console.print(QUICK_NOTE)
     # Stages that only read what the workers computed take no time: listing them says nothing.
     timings = {k: v for k, v in summary.get("timings", {}).items() if v >= 0.5 or k == "total_s"}
     if timings:
