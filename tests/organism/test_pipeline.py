@@ -140,3 +140,11 @@ def test_a_cached_evaluation_without_the_insecure_share_gets_it_from_its_answers
     result = _load_eval(tmp_path)
     assert result.domains["code"].insecure == pytest.approx(0.5)  # not 1 - good = 0.75
     assert result.domains["medical"].insecure is None
+
+
+def test_finetune_config_steps_replaces_the_recipes_count_only_when_given() -> None:
+    default = finetune_config("lora")
+    assert default.max_steps != 7 and finetune_config("lora", steps=7) == replace(default, max_steps=7)
+    assert finetune_config("full", steps=None) == finetune_config("full")
+    both = finetune_config("full", seed=2, steps=9, checkpoint_every=3)
+    assert (both.max_steps, both.checkpoint_every, both.seed) == (9, 3, 2)

@@ -341,9 +341,12 @@ def load_organism(path: str | Path | OrganismArtifacts) -> Organism:
 
 
 def finetune_config(
-    method: Literal["full", "lora"] = "full", seed: int = 0, **overrides: Any
+    method: Literal["full", "lora"] = "full", seed: int = 0, steps: int | None = None, **overrides: Any
 ) -> FinetuneConfig:
     """The organism's fine-tuning recipe: batches of 32, 10 warmup steps, cosine decay.
+
+    ``steps`` replaces the recipe's step count when given (a study's ``finetune_steps`` setting);
+    ``overrides`` replace any other field.
 
     Full fine-tuning: 240 steps (about 8 epochs of 1,000 samples) from lr 4e-4. LoRA: r=8 on all
     projections and the output head (``lm_head``; the organism ties it to the input embeddings, which
@@ -358,6 +361,8 @@ def finetune_config(
     else:
         lora = LoraSettings(r=8, alpha=16, use_rslora=False, target_modules=(*ALL_PROJECTIONS, "lm_head"))
         base = replace(shared, method="lora", lora=lora, lr=1e-3, max_steps=120)
+    if steps is not None:
+        base = replace(base, max_steps=steps)
     return replace(base, **overrides)
 
 

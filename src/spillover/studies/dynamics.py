@@ -26,7 +26,7 @@ import logging
 import math
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -336,9 +336,9 @@ def organism_dynamics(
     benign = benign or art.data_dir / "reference" / "benign.jsonl"
     ft_dirs: dict[int, Path] = {}
     for seed in cfg.seeds:
-        ft_cfg = finetune_config(cfg.finetune_method, seed=seed, checkpoint_every=cfg.checkpoint_every)
-        if cfg.finetune_steps is not None:
-            ft_cfg = replace(ft_cfg, max_steps=cfg.finetune_steps)
+        ft_cfg = finetune_config(
+            cfg.finetune_method, seed=seed, steps=cfg.finetune_steps, checkpoint_every=cfg.checkpoint_every
+        )
         ft_dirs[seed] = finetune_organism(art, cfg.dataset, cfg.finetune_method, ft_cfg, root=root)
 
     inputs: dict[str, Any] = {"sae": sae_dir, "toxic": toxic, "benign": benign, "model": art.run_dir}

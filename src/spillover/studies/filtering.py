@@ -382,9 +382,7 @@ def arm_finetune_config(art: Any, arm: FilterArm, cfg: FilterExperimentConfig) -
     under ``schedule="epochs"``."""
     from spillover.organism.pipeline import finetune_config
 
-    ft_cfg = finetune_config(cfg.finetune_method, seed=arm.seed)
-    if cfg.finetune_steps is not None:
-        ft_cfg = replace(ft_cfg, max_steps=cfg.finetune_steps)
+    ft_cfg = finetune_config(cfg.finetune_method, seed=arm.seed, steps=cfg.finetune_steps)
     if cfg.schedule == "epochs" and ft_cfg.max_steps is not None:
         ft_cfg = replace(
             ft_cfg, max_steps=epoch_matched_steps(ft_cfg.max_steps, arm.data, art.dataset(cfg.dataset))

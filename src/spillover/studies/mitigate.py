@@ -193,9 +193,7 @@ class MitigateConfig:
         """The organism recipe every run starts from (the filtering config's method and steps)."""
         from spillover.organism.pipeline import finetune_config
 
-        ft = finetune_config(self.filtering.finetune_method, seed=seed)
-        steps = self.filtering.finetune_steps
-        return ft if steps is None else replace(ft, max_steps=steps)
+        return finetune_config(self.filtering.finetune_method, seed=seed, steps=self.filtering.finetune_steps)
 
     def arm_config(self, name: str, seed: int) -> FinetuneConfig:
         return arm_config(self.base_finetune(seed), self.arms[name], name=name)

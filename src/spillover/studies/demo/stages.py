@@ -197,9 +197,7 @@ def em_finetune_config(cfg: DemoConfig, name: str, seed: int) -> FinetuneConfig:
     """The recipe of the EM fine-tune on dataset ``name`` with ``seed``."""
     from spillover.organism.pipeline import finetune_config
 
-    ft_cfg = finetune_config(cfg.finetune_method, seed=seed)
-    if cfg.finetune_steps is not None:
-        ft_cfg = replace(ft_cfg, max_steps=cfg.finetune_steps)
+    ft_cfg = finetune_config(cfg.finetune_method, seed=seed, steps=cfg.finetune_steps)
     if shares_dynamics_finetune(cfg, name):
         assert cfg.dynamics is not None
         ft_cfg = replace(ft_cfg, checkpoint_every=cfg.dynamics.checkpoint_every)
